@@ -1,0 +1,1 @@
+"""Camera calibration: mm per pixel across, mm per line along, flat-field references."""

@@ -1,0 +1,1 @@
+"""Export CLI: checkpoint -> ONNX (parity-checked) -> TensorRT engine; model bundles."""

@@ -1,0 +1,1 @@
+"""Benchmarks behind `loomsight bench` (figures quoted in issue notes come from here)."""

@@ -1,0 +1,257 @@
+"""The daemon's configuration: one TOML file, validated at start.
+
+Every section forbids unknown keys. `load_config` turns pydantic's errors into one message per
+problem that names the key path, the bad value and what is allowed (with a "did you mean"
+for misspelt keys). Units are part of every numeric name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from runtime.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (Jetson images)
+    import tomli as tomllib
+
+NodeValue = int | float | bool | str
+Provider = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenicamSourceConfig(StrictModel):
+    """A GenICam camera through a GenTL producer (.cti) and harvesters."""
+
+    cti_path: Path | None = Field(
+        None, description="GenTL producer; default $LOOMSIGHT_CTI, else the genicam wheel's viky.cti"
+    )
+    serial_number: str | None = None
+    device_id: str | None = None
+    user_defined_name: str | None = None
+    nodes: dict[str, NodeValue] = Field(
+        default_factory=dict, description="GenICam node values applied in order at start"
+    )
+    output: Literal["gray", "bgr"] = "gray"
+    timeout_s: float = Field(1.0, gt=0, le=60)
+    num_buffers: int = Field(8, ge=2, le=256)
+    advance_lines_per_frame: int | None = Field(
+        None, ge=1, description="area-scan: web advance per frame in lines; None = contiguous line-scan blocks"
+    )
+    no_progress_timeout_s: float = Field(5.0, gt=0, description="no complete frame for this long = camera lost")
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+
+class SyntheticSourceConfig(StrictModel):
+    """The built-in synthetic loom (also the demo camera)."""
+
+    fabric: str = "plain_gray"
+    width_px: int = Field(2048, ge=64, le=16384)
+    block_lines: int = Field(512, ge=1, le=65536)
+    mm_per_px: float = Field(0.1, gt=0)
+    mm_per_line: float = Field(0.1, gt=0)
+    speed_m_min: float = Field(10.0, gt=0, le=300)
+    realtime: bool = True
+    seed: int = 0
+    length_m: float | None = Field(None, gt=0, description="stop after this many metres; None = endless")
+    defects_per_m: float = Field(1.0, ge=0)
+
+
+class ReplaySourceConfig(StrictModel):
+    """A folder of images or one tall web image, read in blocks of lines."""
+
+    path: Path
+    block_lines: int = Field(512, ge=1)
+    realtime: bool = False
+    line_rate_hz: float | None = Field(None, gt=0, description="pace when realtime; required if realtime")
+    loop: bool = False
+
+    @model_validator(mode="after")
+    def _pace(self) -> ReplaySourceConfig:
+        if self.realtime and self.line_rate_hz is None:
+            raise ValueError("source.replay.realtime = true needs source.replay.line_rate_hz")
+        return self
+
+
+class SourceConfig(StrictModel):
+    kind: Literal["genicam", "synthetic", "replay"] = "synthetic"
+    genicam: GenicamSourceConfig = Field(default_factory=GenicamSourceConfig)
+    synthetic: SyntheticSourceConfig = Field(default_factory=SyntheticSourceConfig)
+    replay: ReplaySourceConfig | None = None
+
+    @model_validator(mode="after")
+    def _replay_needs_path(self) -> SourceConfig:
+        if self.kind == "replay" and self.replay is None:
+            raise ValueError("source.kind = 'replay' needs a [source.replay] table with a path")
+        return self
+
+
+class CalibrationConfig(StrictModel):
+    """Where pixels become millimetres. A file from `loomsight calib` wins over the numbers here."""
+
+    path: Path | None = None
+    mm_per_px_x: float | None = Field(None, gt=0)
+    mm_per_line: float | None = Field(None, gt=0)
+
+
+class ModelConfig(StrictModel):
+    bundle: Path = Path("models/default")
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    providers: list[Provider] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    batch_size: int = Field(4, ge=1, le=256)
+    intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="per-class score overrides")
+    warmup_runs: int = Field(2, ge=0)
+
+
+class WebConfig(StrictModel):
+    strip_lines: int = Field(1024, ge=16, description="new camera lines per strip")
+    overlap_lines: int = Field(128, ge=0, description="lines repeated from the previous strip")
+
+    @model_validator(mode="after")
+    def _overlap(self) -> WebConfig:
+        if self.overlap_lines >= self.strip_lines:
+            raise ValueError(
+                f"web.overlap_lines ({self.overlap_lines}) must be smaller than web.strip_lines ({self.strip_lines})"
+            )
+        return self
+
+
+class MergeConfig(StrictModel):
+    min_overlap_ratio: float = Field(0.3, gt=0, le=1, description="intersection over the smaller box")
+    gap_mm: float = Field(3.0, ge=0, description="boxes of one class closer than this join")
+    class_agnostic: bool = False
+
+
+class GradingConfig(StrictModel):
+    """Four-point system and the stop rule."""
+
+    stop_points_per_100_sq_yd: float = Field(40.0, gt=0)
+    stop_classes: list[str] = Field(default_factory=lambda: ["hole"])
+    stop_open_length_mm: float = Field(1000.0, gt=0, description="a streak still open past this stops the loom")
+
+
+class PublishConfig(StrictModel):
+    pub_endpoint: str = "tcp://127.0.0.1:5556"
+    replay_endpoint: str | None = "tcp://127.0.0.1:5557"
+    sndhwm: int = Field(20000, ge=100, description="messages; sized for >= 10 s of events")
+    linger_ms: int = Field(1000, ge=0, le=60000)
+    heartbeat_s: float = Field(1.0, gt=0)
+    jpeg_crops: bool = True
+    crop_max_px: int = Field(256, ge=16)
+    jpeg_quality: int = Field(85, ge=10, le=100)
+
+
+class SpoolConfig(StrictModel):
+    path: Path = Path("loomsight-spool.sqlite3")
+    retention_days: float = Field(7.0, gt=0)
+    max_mb: float = Field(512.0, gt=0)
+    reserve_mb: float = Field(64.0, ge=0, description="free disk kept for the spool")
+
+
+class SecurityConfig(StrictModel):
+    curve: bool = False
+    server_secret_key: Path | None = None
+    authorized_keys_dir: Path | None = None
+    recheck_s: float = Field(5.0, gt=0, description="revoked keys are cut off within this time")
+
+    @model_validator(mode="after")
+    def _keys(self) -> SecurityConfig:
+        if self.curve and (self.server_secret_key is None or self.authorized_keys_dir is None):
+            raise ValueError("security.curve = true needs security.server_secret_key and security.authorized_keys_dir")
+        return self
+
+
+class HealthConfig(StrictModel):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class QueueConfig(StrictModel):
+    frames: int = Field(16, ge=1)
+    strips: int = Field(4, ge=1)
+    batches: int = Field(4, ge=1)
+    defects: int = Field(256, ge=1)
+
+
+class LoomsightConfig(StrictModel):
+    line_id: str = Field("line-1", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    grading: GradingConfig = Field(default_factory=GradingConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    queues: QueueConfig = Field(default_factory=QueueConfig)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the table that holds `loc` (for "did you mean")."""
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s):"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(LoomsightConfig, loc)
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            msg = f"  {key}: unknown key"
+            if hint:
+                msg += f" (did you mean '{hint[0]}'?)"
+            if allowed:
+                msg += f"; allowed here: {', '.join(allowed)}"
+        else:
+            msg = f"  {key} = {err.get('input')!r}: {err['msg']}"
+        lines.append(msg)
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> LoomsightConfig:
+    try:
+        return LoomsightConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: Path | str) -> LoomsightConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config with a TOML file (see systemd/)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,1 @@
+"""The loom-side daemon: pipeline stages in threads joined by bounded queues."""

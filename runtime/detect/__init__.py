@@ -1,0 +1,1 @@
+"""Model bundles and detector backends (ONNX Runtime, TensorRT) with RT-DETR decoding."""

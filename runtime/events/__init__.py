@@ -1,0 +1,1 @@
+"""Defect events: schema, durable spool, ZeroMQ publisher and replay server, reference subscriber."""

@@ -1,0 +1,1 @@
+"""Operations: systemd notify protocol, health and metrics endpoints."""

@@ -1,0 +1,1 @@
+"""Frame sources behind one protocol: GenICam cameras, the synthetic loom, and replay of recorded webs."""
