@@ -107,7 +107,7 @@ class CalibrationConfig(StrictModel):
 class ModelConfig(StrictModel):
     bundle: Path = Path("models/default")
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
-    providers: list[Provider] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    providers: list[Provider] = Field(default_factory=lambda: list[Provider](["CPUExecutionProvider"]))
     batch_size: int = Field(4, ge=1, le=256)
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-class score overrides")

@@ -35,7 +35,7 @@ def decode_rtdetr(
     out = output.astype(np.float32, copy=False)
     boxes = out[..., :4]
     scores = out[..., 4:]
-    finite = np.isfinite(out).all(axis=2)
+    finite: np.ndarray = np.asarray(np.isfinite(out).all(axis=2))
     if stats is not None:
         stats.non_finite_queries += int((~finite).sum())
     scores = np.where(finite[..., None], scores, 0.0)

@@ -20,7 +20,7 @@ from runtime.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-_TRT_OPTIONS = {"trt_fp16_enable": True, "trt_engine_cache_enable": True}
+_TRT_OPTIONS: dict[str, object] = {"trt_fp16_enable": True, "trt_engine_cache_enable": True}
 
 
 class OnnxDetector:
@@ -138,4 +138,4 @@ class OnnxDetector:
         )
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._session = None

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -11,11 +13,11 @@ def test_tiles_cover_every_pixel_and_stay_inside(length: int) -> None:
     starts = axis_starts(length, 256, 32)
     covered = np.zeros(length, bool)
     for s in starts:
-        assert 0 <= s and s + 256 <= length
+        assert s >= 0 and s + 256 <= length
         covered[s : s + 256] = True
     assert covered.all()
     # neighbours overlap by at least the configured overlap (the last one may overlap more)
-    assert all(b - a <= 256 - 32 for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a <= 256 - 32 for a, b in itertools.pairwise(starts))
 
 
 def test_last_tile_shifts_inward_instead_of_padding() -> None:
