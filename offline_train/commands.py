@@ -1,0 +1,144 @@
+"""`loomsight dataset`, `loomsight train` and `loomsight eval` (light: heavy imports happen in run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from runtime.commands import Command
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="dataset directory to write")
+    src = p.add_argument_group("clean webs (one of)")
+    src.add_argument("--sim-webs", type=int, default=0, help="render this many webs on the synthetic loom")
+    src.add_argument("--clean", type=Path, default=None, help="folder of defect-free fabric images")
+    p.add_argument("--sim-length-m", type=float, default=2.0, help="length of each simulated web")
+    p.add_argument("--sim-width-px", type=int, default=2048)
+    p.add_argument("--sim-defects-per-m", type=float, default=6.0)
+    p.add_argument("--camera-mm-per-px", type=float, default=0.1, help="resolution of the clean webs, across")
+    p.add_argument("--camera-mm-per-line", type=float, default=0.1, help="resolution of the clean webs, along")
+    p.add_argument("--mm-per-px", type=float, default=0.4, help="the model's resolution")
+    p.add_argument("--tile-px", type=int, default=256)
+    p.add_argument("--overlap-px", type=int, default=32)
+    p.add_argument("--synth", default="default", help="'default', 'none', or comma-separated synthesizer names")
+    p.add_argument("--synth-probability", type=float, default=0.35)
+    p.add_argument("--clean-keep-probability", type=float, default=0.15)
+    p.add_argument("--val-every", type=int, default=5, help="every Nth web goes to the validation split")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _dataset_run(args: argparse.Namespace) -> int:
+    from runtime.sim.defects import DEFECT_CLASSES
+
+    from offline_train.dataset.builder import DatasetSpec, build_dataset
+    from offline_train.dataset.webs import folder_webs, simulator_webs
+    from runtime.errors import ConfigError
+
+    if bool(args.sim_webs) == bool(args.clean):
+        raise ConfigError("give exactly one source of clean webs: --sim-webs N or --clean DIR")
+    spec = DatasetSpec(
+        classes=tuple(DEFECT_CLASSES),
+        mm_per_px=args.mm_per_px,
+        tile_px=args.tile_px,
+        overlap_px=args.overlap_px,
+        val_every=args.val_every,
+        synth_probability=args.synth_probability,
+        clean_keep_probability=args.clean_keep_probability,
+        seed=args.seed,
+    )
+    if args.sim_webs:
+        webs = simulator_webs(
+            args.sim_webs,
+            length_m=args.sim_length_m,
+            width_px=args.sim_width_px,
+            mm_per_px=args.camera_mm_per_px,
+            mm_per_line=args.camera_mm_per_line,
+            seed=args.seed,
+            defects_per_m=args.sim_defects_per_m,
+        )
+    else:
+        webs = folder_webs(args.clean, mm_per_px=args.camera_mm_per_px, mm_per_line=args.camera_mm_per_line)
+    synths = _synthesizers(args.synth, args.mm_per_px, args.seed)
+    card = build_dataset(webs, args.out, spec, synths, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps({"out": str(args.out), "tiles": card.tiles, "sha256": card.content_sha256}))
+    return 0
+
+
+def _synthesizers(choice: str, mm_per_px: float, seed: int) -> list[Any]:
+    if choice == "none":
+        return []
+    from offline_train.synth.registry import default_synthesizers
+
+    synths = default_synthesizers()
+    if choice == "default":
+        return list(synths)
+    wanted = [c.strip() for c in choice.split(",") if c.strip()]
+    by_name = {s.name: s for s in synths}
+    missing = [w for w in wanted if w not in by_name]
+    if missing:
+        from runtime.errors import ConfigError
+
+        raise ConfigError(f"--synth: unknown synthesizer(s) {missing}; available: {sorted(by_name)}")
+    return [by_name[w] for w in wanted]
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", type=Path, help="directory made by `loomsight dataset`")
+    p.add_argument("--model", default="loomsight-s", help="loomsight-s, loomsight-xs, rtdetr-l, rtdetr-resnet50 or a YAML")
+    p.add_argument("--weights", type=Path, default=None, help="LOCAL pretrained weights / checkpoint to start from")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="cpu, 0, 0,1 ...")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("runs/train"))
+    p.add_argument("--name", default="loomsight")
+    p.add_argument("--patience", type=int, default=0, help="stop after this many epochs without improvement")
+    p.add_argument("--lr0", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue OUT/NAME/weights/last.pt")
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    from offline_train.train import TrainOptions, train
+
+    result = train(
+        TrainOptions(
+            dataset=args.dataset,
+            out=args.out,
+            name=args.name,
+            model=args.model,
+            weights=args.weights,
+            epochs=args.epochs,
+            batch=args.batch,
+            device=args.device,
+            workers=args.workers,
+            patience=args.patience,
+            seed=args.seed,
+            resume=args.resume,
+            lr0=args.lr0,
+        )
+    )
+    print(json.dumps({"best": str(result.best), "last": str(result.last), "metrics": result.metrics}))
+    return 0
+
+
+TRAIN_NEEDS = ("torch", "torchvision", "ultralytics")
+
+DATASET = Command(
+    name="dataset",
+    help="build a training set from clean webs (simulator or images) and defect synthesizers",
+    add_arguments=_dataset_args,
+    run=_dataset_run,
+)
+TRAIN = Command(
+    name="train",
+    help="train an RT-DETR detector on a dataset (offline, resumable)",
+    add_arguments=_train_args,
+    run=_train_run,
+    extra="train",
+    needs=TRAIN_NEEDS,
+)

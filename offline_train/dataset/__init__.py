@@ -1,0 +1,1 @@
+"""Training sets from clean webs: runtime tiles, labels from mask components, YOLO + COCO, a card."""

@@ -1,0 +1,192 @@
+"""Train an RT-DETR detector with ultralytics, offline and resumable.
+
+Models are built from YAML (a `.pt` name would make ultralytics download weights); pretrained
+weights are only ever a local file the user passes. Ultralytics is kept offline
+(`YOLO_OFFLINE=1`) and its settings live inside the project (`YOLO_CONFIG_DIR`). Beside the
+weights we write `loomsight_train.json`: the resolution, tiling and classes the model was trained
+with, which `loomsight export` copies into the bundle manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from offline_train.dataset.builder import read_card
+from runtime.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+SIDECAR_NAME = "loomsight_train.json"
+# Project configs live here; the two ultralytics ones are built from ultralytics' own YAML files.
+MODEL_CONFIGS = {
+    "loomsight-s": str(CONFIG_DIR / "loomsight-s.yaml"),
+    "loomsight-xs": str(CONFIG_DIR / "loomsight-xs.yaml"),
+    "rtdetr-l": "rtdetr-l.yaml",
+    "rtdetr-resnet50": "rtdetr-resnet50.yaml",
+}
+
+
+def ensure_offline(project_root: Path | None = None) -> None:
+    """Set ultralytics' environment before it is imported: no network, settings in the project."""
+    os.environ["YOLO_OFFLINE"] = "1"
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        root = project_root or Path.cwd()
+        os.environ["YOLO_CONFIG_DIR"] = str(root / ".yolo")
+    Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class TrainOptions:
+    dataset: Path
+    out: Path = Path("runs/train")
+    name: str = "loomsight"
+    model: str = "loomsight-s"
+    weights: Path | None = None  # local pretrained weights or a checkpoint to fine-tune
+    epochs: int = 100
+    batch: int = 16
+    device: str = "cpu"
+    workers: int = 2
+    patience: int = 0  # 0 = never stop early
+    seed: int = 0
+    resume: bool = False
+    lr0: float | None = None
+    augment: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best: Path
+    last: Path
+    sidecar: Path
+    metrics: dict[str, Any]
+
+
+# Fabric is seen from above on a flat web: flips in both axes are fine, colour shifts are not (gray
+# line-scan), and geometry changes stay mild so yarn pitch keeps its meaning.
+DEFAULT_AUGMENT: dict[str, float] = {
+    "fliplr": 0.5,
+    "flipud": 0.5,
+    "hsv_h": 0.0,
+    "hsv_s": 0.0,
+    "hsv_v": 0.25,
+    "degrees": 0.0,
+    "translate": 0.1,
+    "scale": 0.25,
+    "mosaic": 0.5,
+    "mixup": 0.0,
+}
+
+
+def _model_source(opts: TrainOptions) -> str:
+    if opts.model in MODEL_CONFIGS:
+        return MODEL_CONFIGS[opts.model]
+    path = Path(opts.model)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return str(path)
+    raise ConfigError(
+        f"--model {opts.model!r} is neither a known config ({', '.join(MODEL_CONFIGS)}) nor a YAML file; "
+        "pass weights as a local file with --weights"
+    )
+
+
+def _check_weights(path: Path) -> Path:
+    if not path.is_file():
+        raise ConfigError(
+            f"--weights {path} does not exist; pretrained weights must be a local file (nothing is downloaded)"
+        )
+    return path
+
+
+def train(opts: TrainOptions) -> TrainResult:
+    data_yaml = Path(opts.dataset) / "data.yaml"
+    if not data_yaml.is_file():
+        raise ConfigError(f"{opts.dataset} has no data.yaml; build one with `loomsight dataset`")
+    card = read_card(opts.dataset)
+    spec = card["spec"]
+    ensure_offline()
+    from ultralytics import RTDETR
+
+    run_dir = Path(opts.out).resolve() / opts.name
+    last = run_dir / "weights" / "last.pt"
+    # Written before the first epoch, so that an interrupted run's last.pt can be exported too.
+    write_sidecar(run_dir / "weights" / SIDECAR_NAME, card=card, opts=opts, metrics={})
+    if opts.resume:
+        if not last.is_file():
+            raise ConfigError(f"--resume: no checkpoint at {last}; start without --resume")
+        log.info("resuming %s", last)
+        model = RTDETR(str(last))
+        results = model.train(resume=True, device=opts.device, workers=opts.workers)
+    else:
+        model = RTDETR(_model_source(opts))
+        if opts.weights is not None:
+            model.load(str(_check_weights(Path(opts.weights))))
+        args: dict[str, Any] = {
+            "data": str(data_yaml.resolve()),
+            "epochs": opts.epochs,
+            "imgsz": int(spec["tile_px"]),
+            "batch": opts.batch,
+            "device": opts.device,
+            "workers": opts.workers,
+            "project": str(Path(opts.out).resolve()),
+            "name": opts.name,
+            "exist_ok": True,
+            "plots": False,  # plots want a font from the internet
+            "amp": opts.device != "cpu",
+            "seed": opts.seed,
+            "patience": opts.patience or opts.epochs + 1,
+            "val": True,
+            "verbose": False,
+            **DEFAULT_AUGMENT,
+            **opts.augment,
+        }
+        if opts.lr0 is not None:
+            args["lr0"] = opts.lr0
+            args["optimizer"] = "AdamW"
+        results = model.train(**args)
+    trainer = model.trainer
+    save_dir = Path(trainer.save_dir) if trainer is not None else run_dir
+    best = save_dir / "weights" / "best.pt"
+    last = save_dir / "weights" / "last.pt"
+    metrics = {k: float(v) for k, v in (getattr(results, "results_dict", None) or {}).items()}
+    sidecar = save_dir / "weights" / SIDECAR_NAME
+    write_sidecar(sidecar, card=card, opts=opts, metrics=metrics)
+    return TrainResult(run_dir=save_dir, best=best if best.is_file() else last, last=last, sidecar=sidecar, metrics=metrics)
+
+
+def write_sidecar(path: Path, *, card: dict[str, Any], opts: TrainOptions, metrics: dict[str, Any]) -> None:
+    spec = card["spec"]
+    doc = {
+        "schema": "loomsight.train/1",
+        "mm_per_px": spec["mm_per_px"],
+        "tile_px": spec["tile_px"],
+        "overlap_px": spec["overlap_px"],
+        "color": spec.get("color", "gray"),
+        "classes": spec["classes"],
+        "dataset": str(Path(opts.dataset).resolve()),
+        "dataset_sha256": card.get("content_sha256", ""),
+        "model": opts.model,
+        "weights": str(opts.weights) if opts.weights else None,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+        "command": " ".join(sys.argv),
+        "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "metrics": metrics,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+
+
+def read_sidecar(weights: Path) -> dict[str, Any] | None:
+    """The training metadata beside a checkpoint, if `loomsight train` wrote one."""
+    path = Path(weights).parent / SIDECAR_NAME
+    if not path.is_file():
+        return None
+    return dict(json.loads(path.read_text(encoding="utf-8")))
