@@ -139,6 +139,7 @@ class GradingConfig(StrictModel):
     stop_points_per_100_sq_yd: float = Field(40.0, gt=0)
     stop_classes: list[str] = Field(default_factory=lambda: ["hole"])
     stop_open_length_mm: float = Field(1000.0, gt=0, description="a streak still open past this stops the loom")
+    stop_min_inspected_m: float = Field(5.0, ge=0, description="the points rule waits for this much web")
 
 
 class PublishConfig(StrictModel):

@@ -1,0 +1,198 @@
+"""Strip detections -> physical defects -> graded events (defect, stop, roll).
+
+Owns the merger and the grader of the current roll. Every closed defect becomes one `defect`
+event with its full extent in web pixels and in millimetres, its four-point score and a JPEG crop
+taken from the strip in which it scored best. Stop decisions become `stop` events, once each.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from runtime.daemon.inspector import StripResult
+from runtime.grade import RollGrader, StopDecision
+from runtime.merge import Defect, Merger
+
+log = logging.getLogger(__name__)
+
+
+class Publish(Protocol):
+    def publish(
+        self, kind: str, fields: dict[str, Any], *, roll_id: str, crop_jpeg: bytes | None = None
+    ) -> int: ...
+
+
+@dataclass(frozen=True)
+class WebGeometry:
+    mm_per_px_x: float
+    mm_per_line: float
+    width_px: int
+
+    @property
+    def width_mm(self) -> float:
+        return self.width_px * self.mm_per_px_x
+
+
+@dataclass
+class CropOptions:
+    enabled: bool = True
+    max_px: int = 256
+    jpeg_quality: int = 85
+    margin_px: int = 16
+
+
+@dataclass
+class _Best:
+    score: float
+    jpeg: bytes | None
+
+
+@dataclass
+class ReporterStats:
+    defects: Counter[str] = field(default_factory=Counter)
+    stops: int = 0
+    strips: int = 0
+    last_line: int = 0
+
+
+class DefectReporter:
+    def __init__(
+        self,
+        *,
+        classes: Sequence[str],
+        geometry: WebGeometry,
+        merger: Merger,
+        grader: RollGrader,
+        publisher: Publish,
+        roll_id: str,
+        model_name: str,
+        crops: CropOptions | None = None,
+    ) -> None:
+        self.classes = list(classes)
+        self.geometry = geometry
+        self.merger = merger
+        self.grader = grader
+        self.publisher = publisher
+        self.roll_id = roll_id
+        self.model_name = model_name
+        self.crops = crops or CropOptions()
+        self.stats = ReporterStats()
+        self._best: dict[int, _Best] = {}
+        self._roll_line0: int | None = None
+
+    # -- geometry -----------------------------------------------------------------------------
+    @property
+    def inspected_mm(self) -> float:
+        if self._roll_line0 is None:
+            return 0.0
+        return (self.stats.last_line - self._roll_line0) * self.geometry.mm_per_line
+
+    def defect_fields(self, d: Defect) -> dict[str, Any]:
+        g = self.geometry
+        w_mm = (d.x1 - d.x0) * g.mm_per_px_x
+        h_mm = (d.y1 - d.y0) * g.mm_per_line
+        name = self.classes[d.class_id]
+        return {
+            "defect_id": f"{self.roll_id}-{d.defect_id}",
+            "class": name,
+            "score": round(d.score, 4),
+            "bbox_px": [round(d.x0, 1), round(d.y0, 1), round(d.x1, 1), round(d.y1, 1)],
+            "x_mm": round(d.x0 * g.mm_per_px_x, 2),
+            "y_mm": round(d.y0 * g.mm_per_line, 2),
+            "w_mm": round(w_mm, 2),
+            "h_mm": round(h_mm, 2),
+            "hits": d.hits,
+            "model": self.model_name,
+        }
+
+    # -- per strip ----------------------------------------------------------------------------
+    def start_roll(self, roll_line0: int = 0, **fields: Any) -> None:
+        self._roll_line0 = roll_line0
+        self.stats.last_line = roll_line0
+        self.publisher.publish("roll", {"state": "start", **fields}, roll_id=self.roll_id)
+
+    def on_strip(self, result: StripResult) -> list[dict[str, Any]]:
+        """Merge a strip's boxes; publish what closed. Returns the defect events' fields."""
+        strip = result.strip
+        if self._roll_line0 is None:
+            self.start_roll(strip.line0)
+        self.stats.strips += 1
+        self.stats.last_line = max(self.stats.last_line, strip.line_end)
+        next_line0 = strip.line_end - strip.overlap_lines
+        closed = self.merger.update(
+            result.xyxy, result.class_id, result.score, strip_seq=strip.seq, next_line0=next_line0
+        )
+        if self.crops.enabled:
+            self._capture_crops(result, closed)
+        events = [self._emit(d) for d in closed]
+        for d in self.merger.open_defects:
+            stop = self.grader.stop_for_open(self.classes[d.class_id], d.defect_id, d.length_lines * self.geometry.mm_per_line)
+            if stop and not d.stop_sent:
+                d.stop_sent = True
+                self._publish_stop(stop, d)
+        points_stop = self.grader.stop_for_points(self.inspected_mm)
+        if points_stop:
+            self._publish_stop(points_stop, None)
+        return events
+
+    def end_roll(self, **fields: Any) -> dict[str, Any]:
+        """Emit every open defect, then the roll summary."""
+        for d in self.merger.flush():
+            self._emit(d)
+        summary = {"state": "end", **self.grader.summary(self.inspected_mm), **fields}
+        self.publisher.publish("roll", summary, roll_id=self.roll_id)
+        return summary
+
+    # -- internals ----------------------------------------------------------------------------
+    def _emit(self, d: Defect) -> dict[str, Any]:
+        fields = self.defect_fields(d)
+        fields["points"] = self.grader.add(fields["class"], fields["y_mm"], fields["w_mm"], fields["h_mm"])
+        best = self._best.pop(d.defect_id, None)
+        self.publisher.publish("defect", fields, roll_id=self.roll_id, crop_jpeg=best.jpeg if best else None)
+        self.stats.defects[fields["class"]] += 1
+        stop = None if d.stop_sent else self.grader.stop_for_closed(fields["class"], d.defect_id)
+        if stop:
+            d.stop_sent = True
+            self._publish_stop(stop, d)
+        return fields
+
+    def _publish_stop(self, stop: StopDecision, d: Defect | None) -> None:
+        fields: dict[str, Any] = {"reason": stop.reason, "detail": stop.detail}
+        if d is not None:
+            fields["defect"] = self.defect_fields(d)
+            fields["defect_id"] = fields["defect"]["defect_id"]
+        self.stats.stops += 1
+        log.warning("STOP %s: %s", stop.reason, stop.detail)
+        self.publisher.publish("stop", fields, roll_id=self.roll_id)
+
+    def _capture_crops(self, result: StripResult, closed: Sequence[Defect]) -> None:
+        """Keep a JPEG of each defect from the strip where it scored best so far."""
+        strip = result.strip
+        for d in [*closed, *self.merger.open_defects]:
+            if d.last_strip != strip.seq:
+                continue
+            prev = self._best.get(d.defect_id)
+            if prev is not None and prev.score >= d.score:
+                continue
+            self._best[d.defect_id] = _Best(d.score, self._crop(strip.pixels, strip.line0, d))
+
+    def _crop(self, pixels: np.ndarray, line0: int, d: Defect) -> bytes | None:
+        m = self.crops.margin_px
+        h, w = pixels.shape[:2]
+        x0, x1 = max(0, int(d.x0) - m), min(w, int(np.ceil(d.x1)) + m)
+        y0, y1 = max(0, int(d.y0) - line0 - m), min(h, int(np.ceil(d.y1)) - line0 + m)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        crop = pixels[y0:y1, x0:x1]
+        scale = self.crops.max_px / max(crop.shape[:2])
+        if scale < 1:
+            crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, self.crops.jpeg_quality])
+        return buf.tobytes() if ok else None
