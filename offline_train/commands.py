@@ -20,11 +20,15 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim-width-px", type=int, default=2048)
     p.add_argument("--sim-defects-per-m", type=float, default=6.0)
     p.add_argument("--camera-mm-per-px", type=float, default=0.1, help="resolution of the clean webs, across")
-    p.add_argument("--camera-mm-per-line", type=float, default=0.1, help="resolution of the clean webs, along")
+    p.add_argument(
+        "--camera-mm-per-line", type=float, default=0.1, help="resolution of the clean webs, along"
+    )
     p.add_argument("--mm-per-px", type=float, default=0.4, help="the model's resolution")
     p.add_argument("--tile-px", type=int, default=256)
     p.add_argument("--overlap-px", type=int, default=32)
-    p.add_argument("--synth", default="default", help="'default', 'none', or comma-separated synthesizer names")
+    p.add_argument(
+        "--synth", default="default", help="'default', 'none', or comma-separated synthesizer names"
+    )
     p.add_argument("--synth-probability", type=float, default=0.35)
     p.add_argument("--clean-keep-probability", type=float, default=0.15)
     p.add_argument("--val-every", type=int, default=5, help="every Nth web goes to the validation split")
@@ -63,7 +67,9 @@ def _dataset_run(args: argparse.Namespace) -> int:
     else:
         webs = folder_webs(args.clean, mm_per_px=args.camera_mm_per_px, mm_per_line=args.camera_mm_per_line)
     synths = _synthesizers(args.synth, args.mm_per_px, args.seed)
-    card = build_dataset(webs, args.out, spec, synths, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    card = build_dataset(
+        webs, args.out, spec, synths, progress=lambda m: print(m, file=sys.stderr, flush=True)
+    )
     print(json.dumps({"out": str(args.out), "tiles": card.tiles, "sha256": card.content_sha256}))
     return 0
 
@@ -88,8 +94,14 @@ def _synthesizers(choice: str, mm_per_px: float, seed: int) -> list[Any]:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", type=Path, help="directory made by `loomsight dataset`")
-    p.add_argument("--model", default="loomsight-s", help="loomsight-s, loomsight-xs, rtdetr-l, rtdetr-resnet50 or a YAML")
-    p.add_argument("--weights", type=Path, default=None, help="LOCAL pretrained weights / checkpoint to start from")
+    p.add_argument(
+        "--model",
+        default="loomsight-s",
+        help="loomsight-s, loomsight-xs, rtdetr-l, rtdetr-resnet50 or a YAML",
+    )
+    p.add_argument(
+        "--weights", type=Path, default=None, help="LOCAL pretrained weights / checkpoint to start from"
+    )
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--device", default="cpu", help="cpu, 0, 0,1 ...")
@@ -126,6 +138,46 @@ def _train_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="model bundle directory")
+    p.add_argument("--rolls", type=int, default=6, help="fresh synthetic rolls to run")
+    p.add_argument("--length-m", type=float, default=4.0)
+    p.add_argument(
+        "--seed", type=int, default=900001, help="first roll seed (use seeds never used in training)"
+    )
+    p.add_argument("--fabrics", default="all", help="'all' (the catalog, in turn) or comma-separated names")
+    p.add_argument("--defects-per-m", type=float, default=2.0)
+    p.add_argument("--width-px", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument(
+        "--dataset", type=Path, default=None, help="also compute tile mAP on this dataset's val split"
+    )
+    p.add_argument("--out", type=Path, default=None, help="write the report as JSON")
+
+
+def _eval_run(args: argparse.Namespace) -> int:
+    from offline_train.evaluate import evaluate_rolls, format_report, tile_map, write_report
+    from runtime.sim.fabric import FABRICS
+
+    fabrics = sorted(FABRICS) if args.fabrics == "all" else [f.strip() for f in args.fabrics.split(",")]
+    report = evaluate_rolls(
+        args.bundle,
+        seeds=[args.seed + i for i in range(args.rolls)],
+        fabrics=fabrics,
+        length_m=args.length_m,
+        width_px=args.width_px,
+        defects_per_m=args.defects_per_m,
+        batch_size=args.batch,
+        progress=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    if args.dataset is not None:
+        report["tile"] = tile_map(args.bundle, args.dataset)
+    print(format_report(report))
+    if args.out:
+        write_report(report, args.out)
+    return 0
+
+
 TRAIN_NEEDS = ("torch", "torchvision", "ultralytics")
 
 DATASET = Command(
@@ -141,4 +193,12 @@ TRAIN = Command(
     run=_train_run,
     extra="train",
     needs=TRAIN_NEEDS,
+)
+EVAL = Command(
+    name="eval",
+    help="web-level defect recall/precision on fresh synthetic rolls, and tile mAP",
+    add_arguments=_eval_args,
+    run=_eval_run,
+    extra="train",
+    needs=("pycocotools",),
 )

@@ -44,7 +44,9 @@ def camera_geometry(config: LoomsightConfig) -> CameraGeometry:
         from runtime.calibration import Calibration
 
         c = Calibration.load(cal.path)
-        return CameraGeometry(c.mm_per_px_x, c.mm_per_line, c if c.has_flat_field else None, f"calibration {cal.path}")
+        return CameraGeometry(
+            c.mm_per_px_x, c.mm_per_line, c if c.has_flat_field else None, f"calibration {cal.path}"
+        )
     if cal.mm_per_px_x is not None and cal.mm_per_line is not None:
         return CameraGeometry(cal.mm_per_px_x, cal.mm_per_line, None, "config [calibration]")
     if config.source.kind == "synthetic":
@@ -176,7 +178,9 @@ class Daemon:
 
             watchdog = ProgressWatchdog(self.notifier)
         self._watchdog = watchdog
-        live = cfg.source.kind == "genicam" or (cfg.source.kind == "synthetic" and cfg.source.synthetic.realtime)
+        live = cfg.source.kind == "genicam" or (
+            cfg.source.kind == "synthetic" and cfg.source.synthetic.realtime
+        )
         self.pipeline = Pipeline(
             source=source,
             assembler=assembler,
@@ -257,7 +261,10 @@ class Daemon:
         while not self._stop.wait(self.status_interval_s):
             status = self.status()
             self._publisher.set_heartbeat_fields(
-                {k: status.get(k) for k in ("tiles_per_s", "frames_per_s", "queues", "strips_dropped", "inspected_m")}
+                {
+                    k: status.get(k)
+                    for k in ("tiles_per_s", "frames_per_s", "queues", "strips_dropped", "inspected_m")
+                }
             )
             state = status.get("source", {}).get("state")
             if state != last_state and last_state is not None:
@@ -269,7 +276,9 @@ class Daemon:
                 self.health.update(status)
             if self.on_status is not None:
                 self.on_status(status)
-            self._notify("status", f"{status.get('inspected_m', 0):.1f} m, {status.get('tiles_per_s', 0):.0f} tiles/s")
+            self._notify(
+                "status", f"{status.get('inspected_m', 0):.1f} m, {status.get('tiles_per_s', 0):.0f} tiles/s"
+            )
 
 
 __all__ = ["CameraGeometry", "Daemon", "Publish", "camera_geometry", "new_roll_id"]

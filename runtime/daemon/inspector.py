@@ -48,7 +48,9 @@ class StripInspector:
         parts: list[Detections] = []
         for start in range(0, len(windows), self.batch_size):
             batch = tiles[start : start + self.batch_size]
-            for win, det in zip(windows[start : start + self.batch_size], self.detector.infer(batch), strict=True):
+            for win, det in zip(
+                windows[start : start + self.batch_size], self.detector.infer(batch), strict=True
+            ):
                 if len(det):
                     parts.append(Detections(Tiler.to_image(det.xyxy, win), det.class_id, det.score))
         t2 = time.perf_counter()

@@ -133,7 +133,9 @@ class DefectReporter:
             self._capture_crops(result, closed)
         events = [self._emit(d) for d in closed]
         for d in self.merger.open_defects:
-            stop = self.grader.stop_for_open(self.classes[d.class_id], d.defect_id, d.length_lines * self.geometry.mm_per_line)
+            stop = self.grader.stop_for_open(
+                self.classes[d.class_id], d.defect_id, d.length_lines * self.geometry.mm_per_line
+            )
             if stop and not d.stop_sent:
                 d.stop_sent = True
                 self._publish_stop(stop, d)

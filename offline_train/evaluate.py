@@ -1,0 +1,254 @@
+"""`loomsight eval`: tile-level mAP and web-level defect recall/precision of a model bundle.
+
+Web level runs whole synthetic rolls through the daemon itself (assembler, preprocess, tiler,
+detector, merger, grader: the code path production uses) with an in-memory publisher, then
+scores the defect events against the simulator's ground truth (runtime.scoring). Tile level
+runs the bundle's ONNX model on a dataset's validation tiles and computes COCO mAP50 and
+mAP50-95 with pycocotools.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.scoring import ClassScore, ScoredBox, score_defects
+
+log = logging.getLogger(__name__)
+
+
+class CollectingPublisher:
+    """An EventPublisher stand-in that keeps every event in memory."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any], bytes | None]] = []
+
+    def start(self) -> None:
+        pass
+
+    def publish(
+        self, kind: str, fields: dict[str, Any], *, roll_id: str, crop_jpeg: bytes | None = None
+    ) -> int:
+        self.events.append((kind, {**fields, "roll_id": roll_id}, crop_jpeg))
+        return len(self.events)
+
+    def set_heartbeat_fields(self, fields: dict[str, Any]) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {"published": len(self.events)}
+
+    def close(self, timeout_s: float = 0.0) -> None:
+        pass
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [f for k, f, _ in self.events if k == kind]
+
+
+@dataclass
+class RollResult:
+    seed: int
+    fabric: str
+    length_m: float
+    truth: list[ScoredBox]
+    reported: list[ScoredBox]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    tiles_per_s: float = 0.0
+
+
+def run_roll(
+    bundle: Path,
+    *,
+    seed: int,
+    fabric: str,
+    length_m: float,
+    width_px: int = 2048,
+    defects_per_m: float = 2.0,
+    batch_size: int = 8,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    detector: Any = None,
+) -> RollResult:
+    from runtime.sources.synthetic import SyntheticSource
+
+    from runtime.config import parse_config
+    from runtime.daemon.app import Daemon
+
+    config = parse_config(
+        {
+            "line_id": "eval",
+            "source": {
+                "kind": "synthetic",
+                "synthetic": {
+                    "fabric": fabric,
+                    "width_px": width_px,
+                    "realtime": False,
+                    "seed": seed,
+                    "length_m": length_m,
+                    "defects_per_m": defects_per_m,
+                },
+            },
+            "model": {
+                "bundle": str(bundle),
+                "batch_size": batch_size,
+                "providers": list(providers),
+                "warmup_runs": 0,
+            },
+            "publish": {"jpeg_crops": False},
+        },
+        source="eval",
+    )
+    source = SyntheticSource(config.source.synthetic)
+    publisher = CollectingPublisher()
+    daemon = Daemon(config, source=source, publisher=publisher, detector=detector, roll_id=f"eval-{seed}")
+    daemon.run()
+    status = daemon.status()
+    truth = [ScoredBox(d.class_name, d.x0_px, d.y0_line, d.x1_px, d.y1_line) for d in source.truth]
+    defects = publisher.of_kind("defect")
+    reported = [ScoredBox(e["class"], *e["bbox_px"]) for e in defects]
+    return RollResult(
+        seed, fabric, length_m, truth, reported, defects, float(status.get("tiles_per_s_mean", 0.0))
+    )
+
+
+def _scores_dict(scores: dict[str, ClassScore]) -> dict[str, Any]:
+    return {c: s.to_dict() for c, s in scores.items()}
+
+
+def evaluate_rolls(
+    bundle: Path,
+    *,
+    seeds: Sequence[int],
+    fabrics: Sequence[str],
+    length_m: float,
+    width_px: int = 2048,
+    defects_per_m: float = 2.0,
+    batch_size: int = 8,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    from runtime.config import ModelConfig
+    from runtime.detect.bundle import load_bundle, open_detector
+
+    classes = load_bundle(bundle).manifest.classes
+    detector = open_detector(ModelConfig(bundle=bundle, batch_size=batch_size))
+    rolls: list[RollResult] = []
+    for i, seed in enumerate(seeds):
+        fabric = fabrics[i % len(fabrics)]
+        r = run_roll(
+            bundle, seed=seed, fabric=fabric, length_m=length_m, width_px=width_px,
+            defects_per_m=defects_per_m, batch_size=batch_size, detector=detector,
+        )  # fmt: skip
+        rolls.append(r)
+        if progress:
+            s = score_defects(r.truth, r.reported, classes=classes)["all"]
+            progress(
+                f"roll {i + 1}/{len(seeds)} seed {seed} {fabric}: {s.n_truth} true, {s.n_reported} reported, "
+                f"recall {s.recall:.2f} precision {s.precision:.2f} ({r.tiles_per_s:.1f} tiles/s)"
+            )
+    # score roll by roll (boxes of different rolls must never match), then add up
+    aware: dict[str, ClassScore] = {}
+    agnostic: dict[str, ClassScore] = {}
+    for r in rolls:
+        for target, kw in ((aware, {"class_aware": True}), (agnostic, {"class_aware": False})):
+            for c, s in score_defects(r.truth, r.reported, classes=classes, **kw).items():
+                acc = target.setdefault(c, ClassScore())
+                acc.n_truth += s.n_truth
+                acc.found += s.found
+                acc.n_reported += s.n_reported
+                acc.true_positives += s.true_positives
+                acc.duplicates += s.duplicates
+    n_events = sum(len(r.reported) for r in rolls)
+    return {
+        "bundle": str(bundle),
+        "rolls": [
+            {"seed": r.seed, "fabric": r.fabric, "length_m": r.length_m, "tiles_per_s": r.tiles_per_s}
+            for r in rolls
+        ],
+        "web_class_aware": _scores_dict(aware),
+        "web_class_agnostic": {"all": agnostic["all"].to_dict()},
+        "duplicate_rate": round(aware["all"].duplicates / n_events, 4) if n_events else 0.0,
+    }
+
+
+def tile_map(
+    bundle: Path, dataset: Path, *, batch_size: int = 16, limit: int | None = None
+) -> dict[str, float]:
+    """COCO mAP50 and mAP50-95 of the bundle's ONNX model on a dataset's validation tiles."""
+    import cv2
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from runtime.config import ModelConfig
+    from runtime.detect.bundle import load_bundle, open_detector
+
+    ann = Path(dataset) / "annotations_val.json"
+    if not ann.is_file():
+        raise FileNotFoundError(f"{ann} is missing; build the dataset with `loomsight dataset`")
+    classes = load_bundle(bundle).manifest.classes
+    # score (almost) every query: mAP needs the whole precision/recall curve, not the tuned thresholds
+    det = open_detector(ModelConfig(bundle=bundle, thresholds=dict.fromkeys(classes, 0.001)))
+    gt = COCO(str(ann))
+    img_ids = sorted(gt.getImgIds())[:limit] if limit else sorted(gt.getImgIds())
+    results = []
+    for start in range(0, len(img_ids), batch_size):
+        ids = img_ids[start : start + batch_size]
+        tiles = np.stack([_read_gray(Path(dataset) / gt.imgs[i]["file_name"]) for i in ids])
+        for img_id, d in zip(ids, det.infer(tiles), strict=True):
+            for (x0, y0, x1, y1), c, s in zip(
+                d.xyxy.tolist(), d.class_id.tolist(), d.score.tolist(), strict=True
+            ):
+                results.append(
+                    {
+                        "image_id": img_id,
+                        "category_id": int(c),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": s,
+                    }
+                )
+    if not results:
+        return {"mAP50": 0.0, "mAP50_95": 0.0, "tiles": len(img_ids)}
+    dt = gt.loadRes(results)
+    ev = COCOeval(gt, dt, "bbox")
+    ev.params.imgIds = img_ids
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return {"mAP50_95": float(ev.stats[0]), "mAP50": float(ev.stats[1]), "tiles": len(img_ids)}
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise FileNotFoundError(f"cannot read tile {path}")
+    return np.asarray(img)
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = ["class            truth found  recall  reported   prec     f1  dups"]
+    for c, s in report["web_class_aware"].items():
+
+        def f(x: Any) -> str:
+            return "   -  " if x is None else f"{x:6.3f}"
+
+        lines.append(
+            f"{c:<16} {s['n_truth']:5d} {s['found']:5d}  {f(s['recall'])}  {s['n_reported']:8d} {f(s['precision'])} "
+            f"{f(s['f1'])} {s['duplicates']:5d}"
+        )
+    ag = report["web_class_agnostic"]["all"]
+    lines.append(f"class-agnostic: recall {ag['recall']}, precision {ag['precision']}")
+    lines.append(f"duplicate events: {report['duplicate_rate'] * 100:.2f}%")
+    if "tile" in report:
+        lines.append(f"tile mAP50 {report['tile']['mAP50']:.3f}, mAP50-95 {report['tile']['mAP50_95']:.3f}")
+    return "\n".join(lines)
