@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 DEMO_LENGTH_M ?= 6
-DEMO_PUB ?= tcp://127.0.0.1:5556
+DEMO_PUB ?= auto
 PYTEST_ARGS ?=
 
 # Ultralytics must never reach the network and must keep its settings inside the project.

@@ -60,6 +60,7 @@ class PipelineStats:
     lines_dropped: int = 0
     tiles: int = 0
     strip_errors: int = 0
+    source_errors: int = 0
     infer_s: float = 0.0
     prep_s: float = 0.0
     started_monotonic: float = field(default_factory=time.monotonic)
@@ -76,6 +77,7 @@ class PipelineStats:
             "lines_dropped": self.lines_dropped,
             "tiles": self.tiles,
             "strip_errors": self.strip_errors,
+            "source_errors": self.source_errors,
             "tiles_per_s": round(self.tile_rate.value, 2),
             "tiles_per_s_mean": round(self.tiles / elapsed, 2),
             "frames_per_s": round(self.frame_rate.value, 2),
@@ -97,6 +99,7 @@ class Pipeline:
         drop_when_full: bool = True,
         on_progress: Callable[[], None] | None = None,
         read_timeout_s: float = 0.2,
+        max_source_failures: int = 20,
     ) -> None:
         self.source = source
         self.assembler = assembler
@@ -107,6 +110,7 @@ class Pipeline:
         self.drop_when_full = drop_when_full
         self.on_progress = on_progress
         self.read_timeout_s = read_timeout_s
+        self.max_source_failures = max_source_failures
         self.stats = PipelineStats()
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
@@ -193,9 +197,22 @@ class Pipeline:
             )  # fmt: skip
 
     def _acquire(self) -> None:
+        failures = 0
         try:
             while not self.stop_event.is_set():
-                frame = self.source.read(timeout_s=self.read_timeout_s)
+                try:
+                    frame = self.source.read(timeout_s=self.read_timeout_s)
+                except Exception as exc:
+                    # a source reports faults in status and recovers by itself; one that keeps
+                    # raising cannot continue, and the daemon stops so that systemd restarts it
+                    failures += 1
+                    self.stats.source_errors += 1
+                    log.error("frame source read failed (%d in a row): %s", failures, exc)
+                    if failures >= self.max_source_failures:
+                        raise
+                    self.stop_event.wait(min(0.05 * failures, 1.0))
+                    continue
+                failures = 0
                 if frame is None:
                     if self.source.finished:
                         break
