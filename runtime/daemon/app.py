@@ -45,7 +45,7 @@ def camera_geometry(config: LoomsightConfig) -> CameraGeometry:
 
         c = Calibration.load(cal.path)
         return CameraGeometry(
-            c.mm_per_px_x, c.mm_per_line, c if c.has_flat_field else None, f"calibration {cal.path}"
+            c.mm_per_px_x, c.mm_per_line, c if c.flat_field is not None else None, f"calibration {cal.path}"
         )
     if cal.mm_per_px_x is not None and cal.mm_per_line is not None:
         return CameraGeometry(cal.mm_per_px_x, cal.mm_per_line, None, "config [calibration]")
