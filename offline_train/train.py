@@ -159,7 +159,9 @@ def train(opts: TrainOptions) -> TrainResult:
     metrics = {k: float(v) for k, v in (getattr(results, "results_dict", None) or {}).items()}
     sidecar = save_dir / "weights" / SIDECAR_NAME
     write_sidecar(sidecar, card=card, opts=opts, metrics=metrics)
-    return TrainResult(run_dir=save_dir, best=best if best.is_file() else last, last=last, sidecar=sidecar, metrics=metrics)
+    return TrainResult(
+        run_dir=save_dir, best=best if best.is_file() else last, last=last, sidecar=sidecar, metrics=metrics
+    )
 
 
 def write_sidecar(path: Path, *, card: dict[str, Any], opts: TrainOptions, metrics: dict[str, Any]) -> None:

@@ -138,7 +138,9 @@ def build_dataset(
                 sub = mask[win.y0 : win.y1, win.x0 : win.x1]
                 if sub.shape != tile.shape[:2]:  # web smaller than one tile: padded like the pixels
                     sub = np.pad(sub, ((0, tile.shape[0] - sub.shape[0]), (0, tile.shape[1] - sub.shape[1])))
-                for x0, y0, x1, y1 in boxes_from_mask(sub, merge_gap_px=spec.merge_gap_px, min_area_px=spec.min_area_px):
+                for x0, y0, x1, y1 in boxes_from_mask(
+                    sub, merge_gap_px=spec.merge_gap_px, min_area_px=spec.min_area_px
+                ):
                     boxes.append(Box(class_id, x0, y0, x1, y1))
             source = "simulator"
             if not boxes and any(m[win.y0 : win.y1, win.x0 : win.x1].any() for m in masks.values()):
@@ -174,7 +176,9 @@ def build_dataset(
             key = spec.classes[boxes[0].class_id] + source if boxes else "clean"
             if len(samples) < sheet_samples and sampled_per_key[key] < 3:
                 sampled_per_key[key] += 1
-                samples.append((tile.copy(), boxes, f"{source}:{spec.classes[boxes[0].class_id] if boxes else '-'}"))
+                samples.append(
+                    (tile.copy(), boxes, f"{source}:{spec.classes[boxes[0].class_id] if boxes else '-'}")
+                )
         if progress:
             progress(f"web {web_no + 1}: {web.name} -> {kept} tiles ({split}); total {dict(writer.tiles)}")
 

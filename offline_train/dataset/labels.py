@@ -36,7 +36,9 @@ class Box:
         return f"{self.class_id} {cx:.6f} {cy:.6f} {self.w / width:.6f} {self.h / height:.6f}"
 
 
-def boxes_from_mask(mask: np.ndarray, *, merge_gap_px: int = 2, min_area_px: int = 4) -> list[tuple[int, int, int, int]]:
+def boxes_from_mask(
+    mask: np.ndarray, *, merge_gap_px: int = 2, min_area_px: int = 4
+) -> list[tuple[int, int, int, int]]:
     """Tight (x0, y0, x1, y1) boxes of the connected regions of a boolean mask."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")

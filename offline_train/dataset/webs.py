@@ -106,4 +106,6 @@ def folder_webs(folder: Path, *, mm_per_px: float, mm_per_line: float) -> Iterat
             img = cv2.convertScaleAbs(img, alpha=255.0 / max(1, int(img.max())))
         if img.ndim == 3 and img.shape[2] == 4:
             img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-        yield LabelledWeb(name=path.stem, pixels=img, mm_per_px=mm_per_px, mm_per_line=mm_per_line, fabric=path.stem)
+        yield LabelledWeb(
+            name=path.stem, pixels=img, mm_per_px=mm_per_px, mm_per_line=mm_per_line, fabric=path.stem
+        )

@@ -49,7 +49,9 @@ class DatasetWriter:
         self._digest.update(label_text.encode())
         coco = self._coco[split]
         image_id = len(coco["images"]) + 1
-        coco["images"].append({"id": image_id, "file_name": f"images/{split}/{name}.png", "width": w, "height": h})
+        coco["images"].append(
+            {"id": image_id, "file_name": f"images/{split}/{name}.png", "width": w, "height": h}
+        )
         for b in boxes:
             coco["annotations"].append(
                 {
