@@ -45,9 +45,13 @@ class GenicamSourceConfig(StrictModel):
     timeout_s: float = Field(1.0, gt=0, le=60)
     num_buffers: int = Field(8, ge=2, le=256)
     advance_lines_per_frame: int | None = Field(
-        None, ge=1, description="area-scan: web advance per frame in lines; None = contiguous line-scan blocks"
+        None,
+        ge=1,
+        description="area-scan: web advance per frame in lines; None = contiguous line-scan blocks",
     )
-    no_progress_timeout_s: float = Field(5.0, gt=0, description="no complete frame for this long = camera lost")
+    no_progress_timeout_s: float = Field(
+        5.0, gt=0, description="no complete frame for this long = camera lost"
+    )
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
 
@@ -112,6 +116,12 @@ class ModelConfig(StrictModel):
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-class score overrides")
     warmup_runs: int = Field(2, ge=0)
+    retry_load_s: float | None = Field(
+        30.0,
+        gt=0,
+        description="a model that fails to load is retried this often (the daemon stays live, not ready); "
+        "None = exit instead",
+    )
 
 
 class WebConfig(StrictModel):
@@ -138,7 +148,9 @@ class GradingConfig(StrictModel):
 
     stop_points_per_100_sq_yd: float = Field(40.0, gt=0)
     stop_classes: list[str] = Field(default_factory=lambda: ["hole"])
-    stop_open_length_mm: float = Field(1000.0, gt=0, description="a streak still open past this stops the loom")
+    stop_open_length_mm: float = Field(
+        1000.0, gt=0, description="a streak still open past this stops the loom"
+    )
     stop_min_inspected_m: float = Field(5.0, ge=0, description="the points rule waits for this much web")
 
 
@@ -169,7 +181,9 @@ class SecurityConfig(StrictModel):
     @model_validator(mode="after")
     def _keys(self) -> SecurityConfig:
         if self.curve and (self.server_secret_key is None or self.authorized_keys_dir is None):
-            raise ValueError("security.curve = true needs security.server_secret_key and security.authorized_keys_dir")
+            raise ValueError(
+                "security.curve = true needs security.server_secret_key and security.authorized_keys_dir"
+            )
         return self
 
 

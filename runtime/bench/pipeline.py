@@ -78,7 +78,7 @@ def _config(args: argparse.Namespace, spool: Path) -> Any:
                     "seed": args.seed, "length_m": args.length_m,
                 },
             },
-            "model": {"bundle": str(args.model), "batch_size": args.batch, "intra_op_threads": args.threads},
+            "model": {"bundle": str(args.model), "batch_size": args.batch, "intra_op_threads": args.threads, "retry_load_s": None},
             "publish": {"pub_endpoint": "tcp://127.0.0.1:*", "replay_endpoint": None},
             "spool": {"path": str(spool)},
         },

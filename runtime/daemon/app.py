@@ -1,8 +1,10 @@
 """Assemble the daemon from a validated config and run it until the roll ends or a stop signal.
 
-Start order (each failure is a clear error before anything runs): publisher (spool, sockets,
-CURVE), model (hash-checked bundle, warm-up), calibration, frame source. Then READY, inspection,
-and on stop: drain the queues, emit open defects and the roll summary, STOPPING, close.
+Start order: publisher (spool, sockets, CURVE), model (hash-checked bundle, warm-up), calibration,
+frame source; then READY and inspection. A model that fails to load leaves the daemon live but
+not ready (health says why, a `status` event goes out) and is retried every
+`model.retry_load_s`, so fixing the bundle needs no restart. On stop: drain the queues, emit
+open defects and the roll summary, STOPPING, close.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from runtime.daemon.inspector import StripInspector, StripResult
 from runtime.daemon.pipeline import Pipeline
 from runtime.daemon.reporter import CropOptions, DefectReporter, Publish, WebGeometry
 from runtime.detect.base import Detector
-from runtime.errors import CalibrationError
+from runtime.errors import CalibrationError, LoomsightError
 from runtime.grade import RollGrader
 from runtime.merge import Merger
 from runtime.preprocess import FlatField, Preprocessor
@@ -59,7 +61,7 @@ def camera_geometry(config: LoomsightConfig) -> CameraGeometry:
 
 
 def new_roll_id(line_id: str) -> str:
-    return f"{line_id}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+    return f"{line_id}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S.%fZ')[:-4]}"
 
 
 def open_publisher(config: LoomsightConfig) -> Any:
@@ -71,7 +73,7 @@ def open_publisher(config: LoomsightConfig) -> Any:
 
 
 class Daemon:
-    """The inspection daemon for one line. `run()` blocks until the roll ends or `stop()`."""
+    """The inspection daemon for one line. `run()` blocks until the source ends or `stop()`."""
 
     def __init__(
         self,
@@ -97,16 +99,28 @@ class Daemon:
         self.status_interval_s = status_interval_s
         self.pipeline: Pipeline | None = None
         self.summary: dict[str, Any] | None = None
+        self.roll_summaries: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._watchdog: Any = None
+        self._geometry: CameraGeometry | None = None
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- control (thread- and signal-safe) ------------------------------------------------------
     def stop(self) -> None:
-        """Ask for a clean stop (signal-safe): drain, report, close."""
+        """Ask for a clean stop: drain, report, close."""
         self._stop.set()
         if self.pipeline is not None:
             self.pipeline.request_stop()
 
+    def new_roll(self, roll_id: str | None = None) -> str:
+        """End the current roll (summary event) and start another at the next frame."""
+        roll_id = roll_id or new_roll_id(self.config.line_id)
+        if self.pipeline is None:
+            self.roll_id = roll_id
+        else:
+            self.pipeline.request_new_roll(roll_id)
+        return roll_id
+
+    # -- helpers --------------------------------------------------------------------------------
     def _notify(self, method: str, *args: Any) -> None:
         if self.notifier is not None:
             getattr(self.notifier, method)(*args)
@@ -115,31 +129,83 @@ class Daemon:
         if self.health is not None:
             self.health.set_ready(ready, reason)
 
+    def _load_model(self) -> Detector:
+        """Open and warm up the detector; while it fails, stay live (not ready) and retry."""
+        from runtime.detect.bundle import open_detector
+
+        cfg = self.config.model
+        while True:
+            self._notify("extend_timeout", 120.0)
+            self._notify("status", f"loading model {cfg.bundle}")
+            try:
+                detector = open_detector(cfg)
+                detector.warmup(cfg.warmup_runs)
+                return detector
+            except LoomsightError as exc:
+                if cfg.retry_load_s is None:
+                    raise
+                reason = f"model failed to load: {exc}"
+            log.error("%s; retrying in %.0f s", reason, cfg.retry_load_s)
+            self._set_ready(False, reason)
+            self._notify("ready", f"NOT INSPECTING: {reason}")
+            self._publisher.publish("status", {"state": "model_error", "error": reason}, roll_id=self.roll_id)
+            waited = 0.0
+            while waited < cfg.retry_load_s:
+                if self._stop.wait(min(1.0, cfg.retry_load_s - waited)):
+                    raise LoomsightError(f"stopped before the model could be loaded ({reason})")
+                waited += 1.0
+                if self._watchdog is not None:
+                    self._watchdog.idle()
+
+    def _grader(self, width_mm: float = 0.0) -> RollGrader:
+        g = self.config.grading
+        return RollGrader(
+            width_mm=width_mm,
+            stop_points_per_100_sq_yd=g.stop_points_per_100_sq_yd,
+            stop_classes=frozenset(g.stop_classes),
+            stop_open_length_mm=g.stop_open_length_mm,
+            stop_min_inspected_mm=g.stop_min_inspected_m * 1000.0,
+        )
+
+    def _reporter(self, roll_id: str, detector: Detector, geometry: CameraGeometry) -> DefectReporter:
+        cfg = self.config
+        gap_mm = cfg.merge.gap_mm
+        return DefectReporter(
+            classes=detector.manifest.classes,
+            geometry=WebGeometry(geometry.mm_per_px_x, geometry.mm_per_line, width_px=0),
+            merger=Merger(
+                min_overlap_ratio=cfg.merge.min_overlap_ratio,
+                gap_px=gap_mm / geometry.mm_per_px_x,
+                gap_lines=gap_mm / geometry.mm_per_line,
+                class_agnostic=cfg.merge.class_agnostic,
+            ),
+            grader=self._grader(),
+            publisher=self._publisher,
+            roll_id=roll_id,
+            model_name=detector.manifest.name,
+            crops=CropOptions(cfg.publish.jpeg_crops, cfg.publish.crop_max_px, cfg.publish.jpeg_quality),
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
     def build(self) -> Pipeline:
         cfg = self.config
         if self._publisher is None:
             self._publisher = open_publisher(cfg)
         self._publisher.start()
-        self._notify("status", "loading model")
-        if self._detector is None:
-            from runtime.detect.bundle import open_detector
+        if self.notifier is not None:
+            from runtime.ops.watchdog import ProgressWatchdog
 
-            self._notify("extend_timeout", 120.0)
-            try:
-                self._detector = open_detector(cfg.model)
-            except Exception as exc:
-                self._set_ready(False, f"model failed to load: {exc}")
-                raise
-            self._detector.warmup(cfg.model.warmup_runs)
+            self._watchdog = ProgressWatchdog(self.notifier)
+        if self._detector is None:
+            self._detector = self._load_model()
         detector = self._detector
-        manifest = detector.manifest
-        geometry = camera_geometry(cfg)
+        geometry = self._geometry = camera_geometry(cfg)
         if self._source is None:
             from runtime.sources.factory import open_source
 
             self._source = open_source(cfg.source)
-        source = self._source
-        source.start()
+        self._source.start()
+        manifest = detector.manifest
         pre = Preprocessor(
             camera_mm_per_px=geometry.mm_per_px_x,
             camera_mm_per_line=geometry.mm_per_line,
@@ -147,62 +213,37 @@ class Daemon:
             color=manifest.input.color,
             flat_field=geometry.flat_field,
         )
-        inspector = StripInspector(detector, pre, batch_size=cfg.model.batch_size)
-        gap_mm = cfg.merge.gap_mm
-        merger = Merger(
-            min_overlap_ratio=cfg.merge.min_overlap_ratio,
-            gap_px=gap_mm / geometry.mm_per_px_x,
-            gap_lines=gap_mm / geometry.mm_per_line,
-            class_agnostic=cfg.merge.class_agnostic,
-        )
         advance = cfg.source.genicam.advance_lines_per_frame if cfg.source.kind == "genicam" else None
-        assembler = WebAssembler(
-            strip_lines=cfg.web.strip_lines,
-            overlap_lines=cfg.web.overlap_lines,
-            roll_id=self.roll_id,
-            advance_lines_per_frame=advance,
-        )
-        reporter = DefectReporter(
-            classes=manifest.classes,
-            geometry=WebGeometry(geometry.mm_per_px_x, geometry.mm_per_line, width_px=0),
-            merger=merger,
-            grader=self._grader(),
-            publisher=self._publisher,
-            roll_id=self.roll_id,
-            model_name=manifest.name,
-            crops=CropOptions(cfg.publish.jpeg_crops, cfg.publish.crop_max_px, cfg.publish.jpeg_quality),
-        )
-        watchdog = None
-        if self.notifier is not None:
-            from runtime.ops.watchdog import ProgressWatchdog
-
-            watchdog = ProgressWatchdog(self.notifier)
-        self._watchdog = watchdog
         live = cfg.source.kind == "genicam" or (
             cfg.source.kind == "synthetic" and cfg.source.synthetic.realtime
         )
         self.pipeline = Pipeline(
-            source=source,
-            assembler=assembler,
-            inspector=inspector,
-            reporter=reporter,
+            source=self._source,
+            assembler=WebAssembler(
+                strip_lines=cfg.web.strip_lines,
+                overlap_lines=cfg.web.overlap_lines,
+                roll_id=self.roll_id,
+                advance_lines_per_frame=advance,
+            ),
+            inspector=StripInspector(detector, pre, batch_size=cfg.model.batch_size),
+            reporter=self._reporter(self.roll_id, detector, geometry),
             strip_queue=cfg.queues.strips,
             result_queue=cfg.queues.batches,
             drop_when_full=live,
-            on_progress=watchdog.progress if watchdog is not None else None,
+            on_progress=self._watchdog.progress if self._watchdog is not None else None,
         )
+        self.pipeline.on_roll_change = self._on_roll_change
+        if self._watchdog is not None:
+            self.pipeline.on_idle = self._watchdog.idle
         return self.pipeline
 
-    def _grader(self) -> RollGrader:
-        """A grader for a new roll; its width is set from the first strip."""
-        g = self.config.grading
-        return RollGrader(
-            width_mm=0.0,
-            stop_points_per_100_sq_yd=g.stop_points_per_100_sq_yd,
-            stop_classes=frozenset(g.stop_classes),
-            stop_open_length_mm=g.stop_open_length_mm,
-            stop_min_inspected_mm=g.stop_min_inspected_m * 1000.0,
-        )
+    def _on_roll_change(self, roll_id: str) -> None:
+        """Runs in the reporting thread, after the old roll's last strip."""
+        assert self.pipeline is not None and self._detector is not None and self._geometry is not None
+        self.roll_summaries.append(self.pipeline.reporter.end_roll())
+        log.info("roll %s ended; roll %s starts", self.roll_id, roll_id)
+        self.roll_id = roll_id
+        self.pipeline.reporter = self._reporter(roll_id, self._detector, self._geometry)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"roll_id": self.roll_id, "line_id": self.config.line_id}
@@ -216,18 +257,22 @@ class Daemon:
         return out
 
     def run(self, on_result: Callable[[StripResult], None] | None = None) -> dict[str, Any]:
-        """Build (if needed), run to the end of the roll or a stop, and return the roll summary."""
-        pipeline = self.pipeline or self.build()
-        reporter = pipeline.reporter
-        first = {"done": False}
+        """Build (if needed), run to the end of the source or a stop; return the last roll's summary."""
+        try:
+            pipeline = self.pipeline or self.build()
+        except BaseException:
+            if self._publisher is not None:
+                self._publisher.close(timeout_s=1.0)
+            if self._source is not None:
+                self._source.stop()
+            raise
 
-        def on_first(result: StripResult) -> None:
-            if not first["done"]:
-                first["done"] = True
-                reporter.geometry = WebGeometry(
-                    reporter.geometry.mm_per_px_x, reporter.geometry.mm_per_line, result.strip.width
-                )
-                reporter.grader.width_mm = result.strip.width * reporter.geometry.mm_per_px_x
+        def on_strip(result: StripResult) -> None:
+            reporter = pipeline.reporter
+            if reporter.geometry.width_px != result.strip.width:  # first strip of a roll
+                g = reporter.geometry
+                reporter.geometry = WebGeometry(g.mm_per_px_x, g.mm_per_line, result.strip.width)
+                reporter.grader.width_mm = reporter.geometry.width_mm
             if on_result is not None:
                 on_result(result)
 
@@ -239,17 +284,18 @@ class Daemon:
         ticker = threading.Thread(target=self._status_loop, name="loomsight-status", daemon=True)
         ticker.start()
         try:
-            pipeline.run_reporting(on_first)
+            pipeline.run_reporting(on_strip)
         finally:
             self._stop.set()
             self._notify("stopping", "draining and closing the roll")
             self._set_ready(False, "stopping")
             status = self.status()
-            self.summary = reporter.end_roll(
+            self.summary = pipeline.reporter.end_roll(
                 strips_dropped=status.get("strips_dropped", 0),
                 lines_dropped=status.get("lines_dropped", 0),
                 source=status.get("source", {}),
             )
+            self.roll_summaries.append(self.summary)
             ticker.join(timeout=2)
             if self._source is not None:
                 self._source.stop()
@@ -263,7 +309,14 @@ class Daemon:
             self._publisher.set_heartbeat_fields(
                 {
                     k: status.get(k)
-                    for k in ("tiles_per_s", "frames_per_s", "queues", "strips_dropped", "inspected_m")
+                    for k in (
+                        "roll_id",
+                        "tiles_per_s",
+                        "frames_per_s",
+                        "queues",
+                        "strips_dropped",
+                        "inspected_m",
+                    )
                 }
             )
             state = status.get("source", {}).get("state")

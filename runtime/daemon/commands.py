@@ -59,7 +59,7 @@ def demo_config(args: argparse.Namespace) -> object:
                     "defects_per_m": args.defects_per_m,
                 },
             },
-            "model": {"bundle": str(args.model)},
+            "model": {"bundle": str(args.model), "retry_load_s": None},
             "publish": {"pub_endpoint": args.pub, "replay_endpoint": args.replay},
             "spool": {"path": str(spool)},
         },

@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 _END = object()  # end-of-stream marker passed along the queues
 
 
+@dataclass(frozen=True)
+class RollChange:
+    """Passed along the queues after the last strip of a roll: what follows belongs to `roll_id`."""
+
+    roll_id: str
+
+
 class Rate:
     """An exponentially smoothed events-per-second counter."""
 
@@ -115,6 +122,9 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self._threads: list[threading.Thread] = []
+        self._roll_requests: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.on_roll_change: Callable[[str], None] | None = None
+        self.on_idle: Callable[[], None] | None = None
 
     # -- control ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,6 +137,10 @@ class Pipeline:
 
     def request_stop(self) -> None:
         self.stop_event.set()
+
+    def request_new_roll(self, roll_id: str) -> None:
+        """End the current roll at the next frame boundary and start `roll_id` (thread-safe)."""
+        self._roll_requests.put(roll_id)
 
     def queue_depths(self) -> dict[str, int]:
         return {"strips": self.strips.qsize(), "results": self.results.qsize()}
@@ -148,6 +162,10 @@ class Pipeline:
             item = self.results.get()
             if item is _END:
                 break
+            if isinstance(item, RollChange):
+                if self.on_roll_change is not None:
+                    self.on_roll_change(item.roll_id)
+                continue
             result: StripResult = item
             try:
                 self.reporter.on_strip(result)
@@ -213,9 +231,12 @@ class Pipeline:
                     self.stop_event.wait(min(0.05 * failures, 1.0))
                     continue
                 failures = 0
+                self._change_roll_if_asked()
                 if frame is None:
                     if self.source.finished:
                         break
+                    if self.on_idle is not None and self.strips.empty() and self.results.empty():
+                        self.on_idle()
                     continue
                 self.stats.frames += 1
                 self.stats.frame_rate.add(1)
@@ -226,12 +247,24 @@ class Pipeline:
         finally:
             self.strips.put(_END)
 
+    def _change_roll_if_asked(self) -> None:
+        try:
+            roll_id = self._roll_requests.get_nowait()
+        except queue.Empty:
+            return
+        for strip in self.assembler.start_roll(roll_id, line0=0):
+            self.strips.put(strip)  # the end of a roll is never dropped
+        self.strips.put(RollChange(roll_id))
+
     def _detect(self) -> None:
         try:
             while True:
                 item = self.strips.get()
                 if item is _END:
                     break
+                if isinstance(item, RollChange):
+                    self.results.put(item)
+                    continue
                 strip: Strip = item
                 try:
                     result = self.inspector.inspect(strip)
