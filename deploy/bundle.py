@@ -23,6 +23,9 @@ def write_bundle(out_dir: Path, files: dict[str, Path], manifest_fields: dict[st
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o755 & ~umask)  # mkdtemp makes it 0700; a daemon user must be able to read it
     try:
         for name, src in files.items():
             shutil.copyfile(src, staging / name)

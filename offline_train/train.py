@@ -35,12 +35,29 @@ MODEL_CONFIGS = {
 
 
 def ensure_offline(project_root: Path | None = None) -> None:
-    """Set ultralytics' environment before it is imported: no network, settings in the project."""
+    """Set ultralytics' environment before it is imported: no network, settings in the project.
+
+    Ultralytics' dataset check looks for `Arial.ttf` in its config directory and, failing that,
+    probes the internet to download it. We give it a local font instead: matplotlib's DejaVu Sans
+    (installed with ultralytics), copied under that name into the project's config directory.
+    """
     os.environ["YOLO_OFFLINE"] = "1"
     if "YOLO_CONFIG_DIR" not in os.environ:
         root = project_root or Path.cwd()
         os.environ["YOLO_CONFIG_DIR"] = str(root / ".yolo")
-    Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
+    config_dir = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics"  # ultralytics' USER_CONFIG_DIR
+    config_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        target = config_dir / name
+        if not target.exists():
+            import shutil
+
+            import matplotlib
+
+            font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+            if font.is_file():
+                shutil.copyfile(font, target)
+                log.debug("local font %s -> %s", font, target)
 
 
 @dataclass
