@@ -103,6 +103,7 @@ class Daemon:
         self._stop = threading.Event()
         self._watchdog: Any = None
         self._geometry: CameraGeometry | None = None
+        self._last_source_state: str | None = None
 
     # -- control (thread- and signal-safe) ------------------------------------------------------
     def stop(self) -> None:
@@ -303,35 +304,29 @@ class Daemon:
         return self.summary
 
     def _status_loop(self) -> None:
-        last_state = None
         while not self._stop.wait(self.status_interval_s):
-            status = self.status()
-            self._publisher.set_heartbeat_fields(
-                {
-                    k: status.get(k)
-                    for k in (
-                        "roll_id",
-                        "tiles_per_s",
-                        "frames_per_s",
-                        "queues",
-                        "strips_dropped",
-                        "inspected_m",
-                    )
-                }
+            try:
+                self._status_tick()
+            except Exception:  # reporting status must never take inspection down
+                log.exception("status update failed; continuing")
+
+    def _status_tick(self) -> None:
+        status = self.status()
+        keys = ("tiles_per_s", "frames_per_s", "queues", "strips_dropped", "inspected_m")
+        self._publisher.set_heartbeat_fields({k: status.get(k) for k in keys})
+        state = status.get("source", {}).get("state")
+        if state != self._last_source_state and self._last_source_state is not None:
+            self._publisher.publish(
+                "status", {"source_state": state, "source": status.get("source")}, roll_id=self.roll_id
             )
-            state = status.get("source", {}).get("state")
-            if state != last_state and last_state is not None:
-                self._publisher.publish(
-                    "status", {"source_state": state, "source": status.get("source")}, roll_id=self.roll_id
-                )
-            last_state = state
-            if self.health is not None:
-                self.health.update(status)
-            if self.on_status is not None:
-                self.on_status(status)
-            self._notify(
-                "status", f"{status.get('inspected_m', 0):.1f} m, {status.get('tiles_per_s', 0):.0f} tiles/s"
-            )
+        self._last_source_state = state
+        if self.health is not None:
+            self.health.update(status)
+        if self.on_status is not None:
+            self.on_status(status)
+        self._notify(
+            "status", f"{status.get('inspected_m', 0):.1f} m, {status.get('tiles_per_s', 0):.0f} tiles/s"
+        )
 
 
 __all__ = ["CameraGeometry", "Daemon", "Publish", "camera_geometry", "new_roll_id"]
