@@ -36,11 +36,10 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
 
 
 def _dataset_run(args: argparse.Namespace) -> int:
-    from runtime.sim.defects import DEFECT_CLASSES
-
     from offline_train.dataset.builder import DatasetSpec, build_dataset
     from offline_train.dataset.webs import folder_webs, simulator_webs
     from runtime.errors import ConfigError
+    from runtime.sim.defects import DEFECT_CLASSES
 
     if bool(args.sim_webs) == bool(args.clean):
         raise ConfigError("give exactly one source of clean webs: --sim-webs N or --clean DIR")
@@ -111,6 +110,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=0, help="stop after this many epochs without improvement")
     p.add_argument("--lr0", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default: every core)")
     p.add_argument("--resume", action="store_true", help="continue OUT/NAME/weights/last.pt")
 
 
@@ -132,6 +132,7 @@ def _train_run(args: argparse.Namespace) -> int:
             seed=args.seed,
             resume=args.resume,
             lr0=args.lr0,
+            threads=args.threads,
         )
     )
     print(json.dumps({"best": str(result.best), "last": str(result.last), "metrics": result.metrics}))

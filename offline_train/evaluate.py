@@ -74,10 +74,9 @@ def run_roll(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     detector: Any = None,
 ) -> RollResult:
-    from runtime.sources.synthetic import SyntheticSource
-
     from runtime.config import parse_config
     from runtime.daemon.app import Daemon
+    from runtime.sources.synthetic import SyntheticSource
 
     config = parse_config(
         {
@@ -179,7 +178,6 @@ def tile_map(
     bundle: Path, dataset: Path, *, batch_size: int = 16, limit: int | None = None
 ) -> dict[str, float]:
     """COCO mAP50 and mAP50-95 of the bundle's ONNX model on a dataset's validation tiles."""
-    import cv2
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 

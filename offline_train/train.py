@@ -75,6 +75,7 @@ class TrainOptions:
     seed: int = 0
     resume: bool = False
     lr0: float | None = None
+    threads: int | None = None  # CPU threads for torch; None = every core
     augment: dict[str, float] = field(default_factory=dict)
 
 
@@ -136,14 +137,17 @@ def train(opts: TrainOptions) -> TrainResult:
     last = run_dir / "weights" / "last.pt"
     # Written before the first epoch, so that an interrupted run's last.pt can be exported too.
     write_sidecar(run_dir / "weights" / SIDECAR_NAME, card=card, opts=opts, metrics={})
+    _use_threads(model_threads := opts.threads or (os.cpu_count() or 1))
     if opts.resume:
         if not last.is_file():
             raise ConfigError(f"--resume: no checkpoint at {last}; start without --resume")
         log.info("resuming %s", last)
         model = RTDETR(str(last))
+        _keep_threads(model, model_threads)
         results = model.train(resume=True, device=opts.device, workers=opts.workers)
     else:
         model = RTDETR(_model_source(opts))
+        _keep_threads(model, model_threads)
         if opts.weights is not None:
             model.load(str(_check_weights(Path(opts.weights))))
         args: dict[str, Any] = {
@@ -179,6 +183,18 @@ def train(opts: TrainOptions) -> TrainResult:
     return TrainResult(
         run_dir=save_dir, best=best if best.is_file() else last, last=last, sidecar=sidecar, metrics=metrics
     )
+
+
+def _use_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _keep_threads(model: Any, n: int) -> None:
+    """Ultralytics trains on cpu_count - 1 threads (one, on a 2-core box); put them all to work."""
+    model.add_callback("on_train_epoch_start", lambda trainer: _use_threads(n))
+    model.add_callback("on_pretrain_routine_end", lambda trainer: _use_threads(n))
 
 
 def write_sidecar(path: Path, *, card: dict[str, Any], opts: TrainOptions, metrics: dict[str, Any]) -> None:
