@@ -37,6 +37,7 @@ class CameraGeometry:
     mm_per_line: float
     flat_field: FlatField | None = None
     source: str = "config"
+    px_to_mm_x: Callable[[float], float] | None = None  # a calibrated lens model, when there is one
 
 
 def camera_geometry(config: LoomsightConfig) -> CameraGeometry:
@@ -47,7 +48,11 @@ def camera_geometry(config: LoomsightConfig) -> CameraGeometry:
 
         c = Calibration.load(cal.path)
         return CameraGeometry(
-            c.mm_per_px_x, c.mm_per_line, c if c.flat_field is not None else None, f"calibration {cal.path}"
+            c.mm_per_px_x,
+            c.mm_per_line,
+            c if c.flat_field is not None else None,
+            f"calibration {cal.path}",
+            (lambda px: float(c.px_to_mm_x(px))) if c.distortion is not None else None,
         )
     if cal.mm_per_px_x is not None and cal.mm_per_line is not None:
         return CameraGeometry(cal.mm_per_px_x, cal.mm_per_line, None, "config [calibration]")
@@ -173,7 +178,7 @@ class Daemon:
         gap_mm = cfg.merge.gap_mm
         return DefectReporter(
             classes=detector.manifest.classes,
-            geometry=WebGeometry(geometry.mm_per_px_x, geometry.mm_per_line, width_px=0),
+            geometry=WebGeometry(geometry.mm_per_px_x, geometry.mm_per_line, 0, geometry.px_to_mm_x),
             merger=Merger(
                 min_overlap_ratio=cfg.merge.min_overlap_ratio,
                 gap_px=gap_mm / geometry.mm_per_px_x,
@@ -272,7 +277,9 @@ class Daemon:
             reporter = pipeline.reporter
             if reporter.geometry.width_px != result.strip.width:  # first strip of a roll
                 g = reporter.geometry
-                reporter.geometry = WebGeometry(g.mm_per_px_x, g.mm_per_line, result.strip.width)
+                reporter.geometry = WebGeometry(
+                    g.mm_per_px_x, g.mm_per_line, result.strip.width, g.px_to_mm_x
+                )
                 reporter.grader.width_mm = reporter.geometry.width_mm
             if on_result is not None:
                 on_result(result)

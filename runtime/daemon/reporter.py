@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,13 +31,19 @@ class Publish(Protocol):
 
 @dataclass(frozen=True)
 class WebGeometry:
+    """Pixels to millimetres. `px_to_mm_x` (a calibrated lens model) wins over `mm_per_px_x`."""
+
     mm_per_px_x: float
     mm_per_line: float
     width_px: int
+    px_to_mm_x: Callable[[float], float] | None = None
+
+    def x_mm(self, px: float) -> float:
+        return float(self.px_to_mm_x(px)) if self.px_to_mm_x is not None else px * self.mm_per_px_x
 
     @property
     def width_mm(self) -> float:
-        return self.width_px * self.mm_per_px_x
+        return self.x_mm(self.width_px) - self.x_mm(0)
 
 
 @dataclass
@@ -96,7 +102,7 @@ class DefectReporter:
 
     def defect_fields(self, d: Defect) -> dict[str, Any]:
         g = self.geometry
-        w_mm = (d.x1 - d.x0) * g.mm_per_px_x
+        w_mm = g.x_mm(d.x1) - g.x_mm(d.x0)
         h_mm = (d.y1 - d.y0) * g.mm_per_line
         name = self.classes[d.class_id]
         return {
@@ -104,7 +110,7 @@ class DefectReporter:
             "class": name,
             "score": round(d.score, 4),
             "bbox_px": [round(d.x0, 1), round(d.y0, 1), round(d.x1, 1), round(d.y1, 1)],
-            "x_mm": round(d.x0 * g.mm_per_px_x, 2),
+            "x_mm": round(g.x_mm(d.x0), 2),
             "y_mm": round(d.y0 * g.mm_per_line, 2),
             "w_mm": round(w_mm, 2),
             "h_mm": round(h_mm, 2),
