@@ -1,0 +1,46 @@
+"""Replay requests: what the protocol accepts, and a clear refusal for everything else."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runtime.events.replay import MAX_REQUEST_BYTES, ReplayRequest, RequestError, parse_request
+
+
+def _req(obj: object) -> list[bytes]:
+    return [json.dumps(obj).encode()]
+
+
+def test_since_seq_and_lvc_requests_parse() -> None:
+    assert parse_request(_req({"since_seq": 0})) == ReplayRequest(since_seq=0, lvc=False, age_s=0.0, id=None)
+    assert parse_request(_req({"since_seq": 41, "id": 7})).since_seq == 41
+    lvc = parse_request(_req({"lvc": True, "age_s": 1.5, "id": "a"}))
+    assert lvc.lvc and lvc.age_s == 1.5 and lvc.id == "a" and lvc.since_seq is None
+
+
+@pytest.mark.parametrize(
+    ("frames", "needle"),
+    [
+        ([b"a", b"b"], "exactly one frame"),
+        ([], "exactly one frame"),
+        ([b"\xff\xfe"], "not JSON"),
+        ([b"since_seq=3"], "not JSON"),
+        (_req([1]), "JSON object"),
+        (_req({}), "missing since_seq"),
+        (_req({"since_seq": -1}), ">= 0"),
+        (_req({"since_seq": 1.5}), "integer"),
+        (_req({"since_seq": True}), "integer"),
+        (_req({"since_seq": "3"}), "integer"),
+        (_req({"since_seq": 1, "drop": "tables"}), "unknown key"),
+        (_req({"since_seq": 1, "id": [1]}), "id must be"),
+        (_req({"lvc": "yes"}), "lvc must be"),
+        (_req({"lvc": True, "age_s": -2}), "age_s"),
+        (_req({"lvc": True, "since_seq": 3}), "either since_seq or lvc"),
+        ([b'{"since_seq": 1, "pad": "' + b"x" * MAX_REQUEST_BYTES + b'"}'], "at most 4096"),
+    ],
+)
+def test_bad_requests_are_refused_with_a_reason(frames: list[bytes], needle: str) -> None:
+    with pytest.raises(RequestError, match=needle):
+        parse_request(frames)

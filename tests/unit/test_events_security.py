@@ -1,0 +1,196 @@
+"""CURVE keys and the allow-list: key files are private, and a misconfiguration refuses to start."""
+
+from __future__ import annotations
+
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from zmq.auth.certs import load_certificate
+
+from runtime.errors import ConfigError
+from runtime.events.security import (
+    CurveServer,
+    _zap_handler_bound,
+    generate_key_files,
+    load_allow_list,
+    load_client_curve,
+    read_public_key,
+    read_secret_key,
+)
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_generated_keys_have_private_secret_files_and_load_back(tmp_path: Path) -> None:
+    public_path, secret_path = generate_key_files(tmp_path / "keys", "plc-1")
+    assert (public_path.name, secret_path.name) == ("plc-1.key", "plc-1.key_secret")
+    assert _mode(secret_path) == 0o600
+    assert _mode(public_path) == 0o644
+    public = read_public_key(public_path)
+    pub2, secret = read_secret_key(secret_path)
+    assert public == pub2 and len(public) == 40 and len(secret) == 40
+    assert zmq.curve_public(secret) == public  # the pair belongs together
+    assert b"secret" not in public_path.read_bytes().split(b"metadata")[1]  # no secret in the public file
+    # pyzmq's own loader reads our files
+    assert load_certificate(secret_path) == (public, secret)
+
+
+def test_existing_key_files_are_not_overwritten_without_force(tmp_path: Path) -> None:
+    first, _ = generate_key_files(tmp_path, "server")
+    with pytest.raises(ConfigError, match="already exists"):
+        generate_key_files(tmp_path, "server")
+    again, _ = generate_key_files(tmp_path, "server", force=True)
+    assert read_public_key(again) != b"" and again == first
+    with pytest.raises(ConfigError, match="plain file name"):
+        generate_key_files(tmp_path, "../evil")
+
+
+def test_secret_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    _, secret_path = generate_key_files(tmp_path, "server")
+    secret_path.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        read_secret_key(secret_path)
+
+
+def test_public_file_given_as_secret_key_is_explained(tmp_path: Path) -> None:
+    public_path, _ = generate_key_files(tmp_path, "server")
+    public_path.chmod(0o600)
+    with pytest.raises(ConfigError, match="no secret-key"):
+        read_secret_key(public_path)
+    with pytest.raises(ConfigError, match="not found"):
+        read_secret_key(tmp_path / "missing.key_secret")
+
+
+def test_client_curve_never_shows_its_secret(tmp_path: Path) -> None:
+    server_pub, _ = generate_key_files(tmp_path, "server")
+    _, client_secret = generate_key_files(tmp_path, "client")
+    curve = load_client_curve(server_pub, client_secret)
+    assert curve.secret_key.decode() not in repr(curve)
+
+
+def test_allow_list_counts_every_file_and_reports_bad_ones(tmp_path: Path) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    for name in ("a", "b"):
+        public_path, _ = generate_key_files(tmp_path / "keys", name)
+        (allowed / public_path.name).write_bytes(public_path.read_bytes())
+    (allowed / "broken.key").write_text('public-key = "too-short"\n')
+    (allowed / "dir.key").mkdir()
+    (allowed / "notes.txt").write_text("ignored: not a .key file")
+    keys, problems = load_allow_list(allowed)
+    assert len(keys) == 2
+    assert len(problems) == 2
+    assert any("broken.key" in p and "40" in p for p in problems)
+    assert any("dir.key" in p for p in problems)
+
+
+def _curve_setup(tmp_path: Path) -> tuple[Path, Path]:
+    _, server_secret = generate_key_files(tmp_path / "server", "server")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    public_path, _ = generate_key_files(tmp_path / "clients", "plc")
+    (allowed / "plc.key").write_bytes(public_path.read_bytes())
+    return server_secret, allowed
+
+
+def _start(secret: Path, allowed: Path, ctx: zmq.Context) -> CurveServer:
+    server = CurveServer(server_secret_key=secret, authorized_keys_dir=allowed, recheck_s=1.0)
+    server.start(ctx)
+    return server
+
+
+def test_curve_server_refuses_to_start_on_any_key_problem(tmp_path: Path) -> None:
+    secret, allowed = _curve_setup(tmp_path)
+    ctx = zmq.Context()
+    try:
+        with pytest.raises(ConfigError, match="not a directory"):
+            _start(secret, tmp_path / "nowhere", ctx)
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        with pytest.raises(ConfigError, match="no client public keys"):
+            _start(secret, empty, ctx)
+        (allowed / "bad.key").write_text("garbage\n")
+        with pytest.raises(ConfigError, match=r"1 key file\(s\) did not load.*bad.key"):
+            _start(secret, allowed, ctx)
+        (allowed / "bad.key").unlink()
+        secret.chmod(0o640)
+        with pytest.raises(ConfigError, match="chmod 600"):
+            _start(secret, allowed, ctx)
+        secret.chmod(0o600)
+        server = _start(secret, allowed, ctx)
+        assert server.authorized_keys == 1
+        assert _zap_handler_bound(ctx)
+        # a second authenticator in the same context is a clear error, not a silent second handler
+        with pytest.raises(ConfigError, match="another ZAP handler"):
+            _start(secret, allowed, ctx)
+        server.stop()
+        deadline = time.monotonic() + 2.0  # the ZAP socket is closed asynchronously by libzmq
+        while _zap_handler_bound(ctx):
+            assert time.monotonic() < deadline, "the ZAP handler is still bound after stop()"
+            time.sleep(0.02)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_recheck_reports_removals_only_and_tells_listeners(tmp_path: Path) -> None:
+    secret, allowed = _curve_setup(tmp_path)
+    ctx = zmq.Context()
+    server = _start(secret, allowed, ctx)
+    calls: list[int] = []
+    server.add_revocation_listener(lambda: calls.append(1))
+    try:
+        assert server.recheck() is False
+        extra, _ = generate_key_files(tmp_path / "clients", "hmi")
+        (allowed / "hmi.key").write_bytes(extra.read_bytes())
+        assert server.recheck() is False and server.authorized_keys == 2 and calls == []
+        (allowed / "plc.key").unlink()
+        assert server.recheck() is True and server.authorized_keys == 1 and calls == [1]
+        assert server.stats()["revocations"] == 1
+    finally:
+        server.stop()
+        ctx.destroy(linger=0)
+
+
+def test_enforced_zap_domain_fails_closed_without_a_handler() -> None:
+    """What CurveServer.apply() relies on: with ZAP_ENFORCE_DOMAIN, no handler = no connection."""
+    ctx = zmq.Context()
+    try:
+        server_public, server_secret = zmq.curve_keypair()
+        client_public, client_secret = zmq.curve_keypair()
+        results = {}
+        for enforce in (0, 1):
+            pub = ctx.socket(zmq.PUB)
+            pub.linger = 0
+            pub.curve_server = True
+            pub.curve_secretkey = server_secret
+            pub.zap_domain = b"loomsight"
+            pub.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, enforce)
+            port = pub.bind_to_random_port("tcp://127.0.0.1")
+            sub = ctx.socket(zmq.SUB)
+            sub.linger = 0
+            sub.curve_serverkey, sub.curve_publickey, sub.curve_secretkey = (
+                server_public,
+                client_public,
+                client_secret,
+            )
+            sub.subscribe(b"")
+            sub.connect(f"tcp://127.0.0.1:{port}")
+            got = 0
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                pub.send(b"x")
+                if sub.poll(20):
+                    sub.recv()
+                    got += 1
+            results[enforce] = got
+            pub.close()
+            sub.close()
+        assert results[0] > 0, "without enforcement libzmq lets a CURVE client in with no ZAP handler"
+        assert results[1] == 0
+    finally:
+        ctx.destroy(linger=0)
