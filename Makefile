@@ -46,8 +46,13 @@ check: lint typecheck test
 gallery: $(VENV)/.runtime-installed
 	$(VENV)/bin/loomsight sim --out out/sim --fabric plain --length-m 2 --seed 1
 
+# The committed benchmarks behind the figures in the issue notes; JSON results land in out/bench/.
 bench: $(VENV)/.runtime-installed
-	$(VENV)/bin/loomsight bench all
+	@mkdir -p out/bench
+	$(VENV)/bin/loomsight bench sim --json out/bench/sim.json
+	$(VENV)/bin/loomsight bench merge --json out/bench/merge.json
+	$(VENV)/bin/loomsight --log-level WARNING bench publish --json out/bench/publish.json
+	$(VENV)/bin/loomsight --log-level WARNING bench pipeline --json out/bench/pipeline.json
 
 # Replace the CPU onnxruntime wheel with the CUDA one (both provide the `onnxruntime` module).
 gpu: $(VENV)/.runtime-installed
