@@ -2,7 +2,8 @@
 
 Training cuts its tiles with this same class, so the detector sees the web the same way in both
 halves. The last tile of a row or column is shifted inward to end at the image edge rather than
-padded; only an image smaller than one tile is padded (bottom/right, with its edge pixels).
+padded; only an image smaller than one tile is padded (bottom/right, mirrored: repeating the edge
+line would draw a fake streak along the web, which is exactly what a broken end looks like).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Tiler:
         h, w = image.shape[:2]
         if h < self.tile_px or w < self.tile_px:
             pad = ((0, max(0, self.tile_px - h)), (0, max(0, self.tile_px - w))) + ((0, 0),) * (image.ndim - 2)
-            image = np.pad(image, pad, mode="edge")
+            image = np.pad(image, pad, mode="symmetric")
         out = np.empty((len(windows), self.tile_px, self.tile_px, *image.shape[2:]), dtype=image.dtype)
         for i, win in enumerate(windows):
             out[i] = image[win.y0 : win.y1, win.x0 : win.x1]

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def main() -> int:
     print(f"== Loomsight demo: {args.length_m} m of synthetic fabric at {args.speed_m_min} m/min")
     print(f"== events on {pub} (replay {replay}); subscriber lines start with [sub]\n", flush=True)
     sub = subprocess.Popen(
-        [*LOOMSIGHT, "subscribe", "--connect", pub, "--replay", replay, "--timeout-s", "8"],
+        [*LOOMSIGHT, "--log-level", "WARNING", "subscribe", "--connect", pub, "--replay", replay, "--timeout-s", "3600"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     sub_lines: list[str] = []
@@ -59,7 +60,7 @@ def main() -> int:
     t.start()
     daemon = subprocess.Popen(
         [
-            *LOOMSIGHT, "run", "--demo", "--length-m", str(args.length_m), "--speed-m-min", str(args.speed_m_min),
+            *LOOMSIGHT, "--log-level", "WARNING", "run", "--demo", "--length-m", str(args.length_m), "--speed-m-min", str(args.speed_m_min),
             "--seed", str(args.seed), "--pub", pub, "--replay", replay, "--spool", str(spool),
             "--truth-out", str(ROOT / "out" / "demo" / "truth.json"),
         ],
@@ -70,17 +71,21 @@ def main() -> int:
     except KeyboardInterrupt:
         daemon.send_signal(signal.SIGTERM)
         rc = daemon.wait()
+    time.sleep(1.5)  # the last events (open defects, roll summary) are on their way
+    sub.send_signal(signal.SIGINT)
     try:
-        sub.wait(timeout=30)
+        sub.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        sub.terminate()
-        sub.wait(timeout=5)
+        sub.kill()
     t.join(timeout=5)
     kinds: dict[str, int] = {}
     for line in sub_lines:
-        word = line.split(" ", 2)[1] if line.count(" ") >= 1 else ""
-        kinds[word] = kinds.get(word, 0) + 1
-    print(f"\n== daemon exit code {rc}; subscriber received {len(sub_lines)} lines; truth in out/demo/truth.json")
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].startswith("#"):
+            kinds[parts[2]] = kinds.get(parts[2], 0) + 1
+    got = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none"
+    print(f"\n== daemon exit code {rc}; the subscriber received: {got}")
+    print("== ground truth of the roll: out/demo/truth.json; event spool: out/demo/spool.sqlite3")
     return rc
 
 

@@ -137,7 +137,8 @@ def build_dataset(
             for class_id, mask in masks.items():
                 sub = mask[win.y0 : win.y1, win.x0 : win.x1]
                 if sub.shape != tile.shape[:2]:  # web smaller than one tile: padded like the pixels
-                    sub = np.pad(sub, ((0, tile.shape[0] - sub.shape[0]), (0, tile.shape[1] - sub.shape[1])))
+                    pad = ((0, tile.shape[0] - sub.shape[0]), (0, tile.shape[1] - sub.shape[1]))
+                    sub = np.pad(sub, pad, mode="symmetric")  # mirrored, as Tiler.cut pads pixels
                 for x0, y0, x1, y1 in boxes_from_mask(
                     sub, merge_gap_px=spec.merge_gap_px, min_area_px=spec.min_area_px
                 ):

@@ -32,7 +32,8 @@ def test_small_image_is_padded_to_one_tile() -> None:
     tiles = tiler.cut(img, wins)
     assert tiles.shape == (1, 64, 64)
     np.testing.assert_array_equal(tiles[0, :40, :50], img)
-    np.testing.assert_array_equal(tiles[0, 45, :50], img[-1])  # edge replicated
+    np.testing.assert_array_equal(tiles[0, 45, :50], img[34])  # mirrored: row 40 + k shows row 39 - k
+    np.testing.assert_array_equal(tiles[0, :40, 55], img[:, 44])
 
 
 def test_inverse_map_is_exact() -> None:
