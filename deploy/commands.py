@@ -62,6 +62,12 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--name", default=None, help="model name in the manifest; None: the training run's name")
     p.add_argument(
+        "--include-checkpoint",
+        action="store_true",
+        help="also put the weights (fp16, no optimizer) and their training record in the bundle, so that "
+        "`loomsight train --weights BUNDLE/checkpoint.pt` can fine-tune it for a new fabric",
+    )
+    p.add_argument(
         "--tolerance", type=float, default=1e-3, help="largest |ONNX - PyTorch| allowed on boxes and scores"
     )
     p.add_argument("--parity-tiles", type=int, default=8, help="tiles for the parity check")
@@ -103,6 +109,7 @@ def _export_run(args: argparse.Namespace) -> int:
             latency_runs=args.latency_runs,
             allow_pickle=args.allow_pickle,
             simplify=args.simplify,
+            include_checkpoint=args.include_checkpoint,
         )
     )
     m = result.manifest

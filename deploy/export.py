@@ -68,6 +68,7 @@ class ExportOptions:
     latency_batch: int = 8
     allow_pickle: bool = False
     simplify: bool = True
+    include_checkpoint: bool = False  # weights for fine-tuning; the runtime never loads them
     command: str = field(default_factory=lambda: shlex.join(["loomsight", *sys.argv[1:]]))
 
 
@@ -333,6 +334,21 @@ def _package_versions() -> dict[str, str | None]:
     return versions
 
 
+def _training_files(checkpoint: Path, work: Path) -> dict[str, Path]:
+    """A fine-tunable copy of the weights (fp16, optimizer stripped) and the training record beside it."""
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    from offline_train.train import SIDECAR_NAME
+
+    out = {"checkpoint.pt": work / "checkpoint.pt"}
+    if not strip_optimizer(checkpoint, str(out["checkpoint.pt"])):
+        raise ConfigError(f"{checkpoint} is not an ultralytics checkpoint; cannot include it in the bundle")
+    sidecar = checkpoint.parent / SIDECAR_NAME
+    if sidecar.is_file():
+        out[SIDECAR_NAME] = sidecar
+    return out
+
+
 def export_bundle(opts: ExportOptions) -> ExportResult:
     opset = check_opset(opts.opset)
     if opts.thresholds is not None and opts.tune_on is not None:
@@ -416,6 +432,9 @@ def export_bundle(opts: ExportOptions) -> ExportResult:
                 files["model.onnx"], provisional, opts.latency_runs, opts.latency_batch
             )
             log.info("ORT CPU latency: %s", metrics["ort_cpu_latency"])
+
+        if opts.include_checkpoint:
+            files.update(_training_files(ck.path, work))
 
         _step(6, f"writing bundle {opts.out}")
         provenance: dict[str, Any] = {

@@ -28,7 +28,7 @@ touch "$WORK/runs/v1/done"
 
 # 3. Export with thresholds tuned on the validation tiles for the best F-measure per class.
 $LS export "$WORK/runs/v1/weights/best.pt" --out models/default --name loomsight-default \
-  --tune-on "$WORK/datasets/v1/data.yaml"
+  --tune-on "$WORK/datasets/v1/data.yaml" --include-checkpoint
 
 # 4. Web-level evaluation on fresh rolls (seeds never used in training), every catalog fabric.
 $LS eval models/default --rolls 14 --length-m 5 --seed 900001 --dataset "$WORK/datasets/v1" \

@@ -69,7 +69,16 @@ CHAIN = textwrap.dedent(
     assert loomsight(["train", str(work / "ds"), "--model", "loomsight-s", "--epochs", "1", "--batch", "4",
                       "--workers", "0", "--out", str(work / "runs"), "--name", "t"]) == 0
     weights = work / "runs" / "t" / "weights" / "last.pt"
-    assert loomsight(["export", str(weights), "--out", str(work / "bundle")]) == 0
+    assert loomsight(["export", str(weights), "--out", str(work / "bundle"), "--include-checkpoint",
+                      "--latency-runs", "2"]) == 0
+    # fine-tune the bundle on a "new fabric" (another generated dataset) from the weights it carries
+    assert loomsight(["dataset", "--out", str(work / "ds2"), "--sim-webs", "2", "--sim-length-m", "0.4",
+                      "--sim-width-px", "640", "--tile-px", "128", "--overlap-px", "16", "--val-every", "2",
+                      "--seed", "4"]) == 0
+    assert loomsight(["train", str(work / "ds2"), "--model", "loomsight-s", "--weights",
+                      str(work / "bundle" / "checkpoint.pt"), "--epochs", "1", "--batch", "4", "--workers", "0",
+                      "--out", str(work / "runs"), "--name", "ft"]) == 0
+    assert (work / "runs" / "ft" / "weights" / "last.pt").is_file()
 
     from runtime.config import ModelConfig
     from runtime.detect.bundle import open_detector
@@ -78,6 +87,7 @@ CHAIN = textwrap.dedent(
     raw = det.raw(tiles)
     out = det.infer(tiles)
     print(json.dumps({"raw_shape": list(raw.shape), "n_out": len(out), "classes": det.manifest.classes,
+                      "bundle_files": sorted(det.manifest.sha256),
                       "providers": det.providers, "dets": [d.xyxy.shape[1] if len(d) else 4 for d in out]}))
     """
 )
@@ -112,6 +122,7 @@ def test_dataset_train_export_and_runtime_load_make_no_network_attempt(tmp_path:
     assert result["raw_shape"][0] == 3 and result["raw_shape"][2] == 4 + n_cls
     assert result["n_out"] == 3 and all(d == 4 for d in result["dets"])
     assert result["providers"] == ["CPUExecutionProvider"]
+    assert result["bundle_files"] == ["checkpoint.pt", "loomsight_train.json", "model.onnx"]
 
 
 def test_the_guard_itself_catches_a_connection(tmp_path: Path) -> None:
