@@ -136,7 +136,8 @@ class SyntheticLoom:
         self._lines = 0
         self._chunks_done = 0
         self._next_id = 1
-        self._placed: list[_Placed] = []  # sorted by box top
+        self._placed: list[_Placed] = []  # defects not yet wholly emitted, sorted by box top
+        self._finished: list[TruthDefect] = []  # wholly emitted: only their truth is kept
         self._random_boxes: list[tuple[int, int, int, int]] = []
 
     # ---- public -----------------------------------------------------------------------------
@@ -147,7 +148,8 @@ class SyntheticLoom:
     @property
     def truth(self) -> list[TruthDefect]:
         """Every defect placed so far whose box starts before the lines emitted so far."""
-        return [p.truth for p in self._placed if p.truth.y0_line < self._lines]
+        active = [p.truth for p in self._placed if p.truth.y0_line < self._lines]
+        return sorted(self._finished + active, key=lambda t: (t.y0_line, t.defect_id))
 
     def lines_per_m(self) -> float:
         return 1000.0 / self.mm_per_line
@@ -169,7 +171,11 @@ class SyntheticLoom:
     def defects_between(self, line_start: int, line_end: int) -> list[TruthDefect]:
         """Every defect (emitted or not yet) whose box intersects lines [line_start, line_end)."""
         self._ensure_defects(line_end)
-        return [p.truth for p in self._overlapping(line_start, line_end)]
+        done = [t for t in self._finished if t.y0_line < line_end and t.y1_line > line_start]
+        return sorted(
+            done + [p.truth for p in self._overlapping(line_start, line_end)],
+            key=lambda t: (t.y0_line, t.defect_id),
+        )
 
     def place_defect(
         self,
@@ -333,13 +339,16 @@ class SyntheticLoom:
             labels[r0 - a : r1 - a, rd.x0 : rd.x1][m] = defect_id
 
     def _forget_before(self, line: int) -> None:
-        """Drop the patches of defects wholly emitted (their truth stays)."""
-        for i, p in enumerate(self._placed):
-            if p.truth.y1_line <= line and p.rendered.patch.size:
-                rd = p.rendered
-                self._placed[i] = _Placed(
-                    p.truth, RenderedDefect(rd.plan, rd.x0, rd.y0, rd.patch[:0], rd.mask[:0])
-                )
+        """Drop the pixels of defects wholly emitted; keep their truth (an endless roll stays bounded)."""
+        if not self._placed or self._placed[0].truth.y0_line >= line:
+            return
+        keep: list[_Placed] = []
+        for p in self._placed:
+            if p.truth.y1_line <= line:
+                self._finished.append(p.truth)
+            else:
+                keep.append(p)
+        self._placed = keep
 
 
 def render_web(
