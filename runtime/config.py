@@ -157,6 +157,9 @@ class GradingConfig(StrictModel):
 class PublishConfig(StrictModel):
     pub_endpoint: str = "tcp://127.0.0.1:5556"
     replay_endpoint: str | None = "tcp://127.0.0.1:5557"
+    control_endpoint: str | None = Field(
+        None, description="ZeroMQ ROUTER for status and roll commands (runtime/daemon/control.py); None = off"
+    )
     sndhwm: int = Field(20000, ge=100, description="messages; sized for >= 10 s of events")
     linger_ms: int = Field(1000, ge=0, le=60000)
     heartbeat_s: float = Field(1.0, gt=0)

@@ -1,10 +1,11 @@
 """Assemble the daemon from a validated config and run it until the roll ends or a stop signal.
 
-Start order: publisher (spool, sockets, CURVE), model (hash-checked bundle, warm-up), calibration,
-frame source; then READY and inspection. A model that fails to load leaves the daemon live but
-not ready (health says why, a `status` event goes out) and is retried every
-`model.retry_load_s`, so fixing the bundle needs no restart. On stop: drain the queues, emit
-open defects and the roll summary, STOPPING, close.
+Start order: publisher (spool, sockets, CURVE), control socket (`publish.control_endpoint`, see
+control.py), the explicit end of a roll a crash left open (roll_state.py), model (hash-checked
+bundle, warm-up), calibration, frame source; then READY and inspection. A model that fails to load
+leaves the daemon live but not ready (health says why, a `status` event goes out) and is retried
+every `model.retry_load_s`, so fixing the bundle needs no restart; a stop while waiting for it
+is a clean exit. On stop: drain the queues, emit open defects and the roll summary, STOPPING, close.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from runtime.config import LoomsightConfig
 from runtime.daemon.inspector import StripInspector, StripResult
 from runtime.daemon.pipeline import Pipeline
 from runtime.daemon.reporter import CropOptions, DefectReporter, Publish, WebGeometry
+from runtime.daemon.roll_state import close_interrupted_roll
 from runtime.detect.base import Detector
 from runtime.errors import CalibrationError, LoomsightError
 from runtime.grade import RollGrader
@@ -29,6 +31,10 @@ from runtime.preprocess import FlatField, Preprocessor
 from runtime.sources.base import FrameSource
 
 log = logging.getLogger(__name__)
+
+
+class StoppedBeforeStart(LoomsightError):
+    """A stop was asked for while the daemon was still waiting for its model: a clean exit."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,9 @@ class Daemon:
         self._watchdog: Any = None
         self._geometry: CameraGeometry | None = None
         self._last_source_state: str | None = None
+        self._model_error: str | None = None
+        self.control: Any = None  # runtime.daemon.control.ControlServer when publish.control_endpoint is set
+        self.interrupted_roll: dict[str, Any] | None = None  # the roll a crash left open, closed at build()
 
     # -- control (thread- and signal-safe) ------------------------------------------------------
     def stop(self) -> None:
@@ -146,19 +155,21 @@ class Daemon:
             try:
                 detector = open_detector(cfg)
                 detector.warmup(cfg.warmup_runs)
+                self._model_error = None
                 return detector
             except LoomsightError as exc:
                 if cfg.retry_load_s is None:
                     raise
                 reason = f"model failed to load: {exc}"
             log.error("%s; retrying in %.0f s", reason, cfg.retry_load_s)
+            self._model_error = reason
             self._set_ready(False, reason)
             self._notify("ready", f"NOT INSPECTING: {reason}")
             self._publisher.publish("status", {"state": "model_error", "error": reason}, roll_id=self.roll_id)
             waited = 0.0
             while waited < cfg.retry_load_s:
                 if self._stop.wait(min(1.0, cfg.retry_load_s - waited)):
-                    raise LoomsightError(f"stopped before the model could be loaded ({reason})")
+                    raise StoppedBeforeStart(f"stopped before the model could be loaded ({reason})")
                 waited += 1.0
                 if self._watchdog is not None:
                     self._watchdog.idle()
@@ -198,6 +209,13 @@ class Daemon:
         if self._publisher is None:
             self._publisher = open_publisher(cfg)
         self._publisher.start()
+        self._start_control()
+        spool = getattr(self._publisher, "spool", None)
+        if spool is not None and getattr(spool, "path", None) is not None:
+            # a roll the previous run started and never ended (kill -9, power cut): close it explicitly
+            self.interrupted_roll = close_interrupted_roll(
+                self._publisher, spool.path, next_roll_id=self.roll_id
+            )
         if self.notifier is not None:
             from runtime.ops.watchdog import ProgressWatchdog
 
@@ -243,6 +261,20 @@ class Daemon:
             self.pipeline.on_idle = self._watchdog.idle
         return self.pipeline
 
+    def _start_control(self) -> None:
+        endpoint = self.config.publish.control_endpoint
+        if endpoint is None or self.control is not None:
+            return
+        from runtime.daemon.control import ControlServer
+
+        self.control = ControlServer(self, endpoint=endpoint, security=self.config.security)
+        self.control.start()
+
+    def _stop_control(self) -> None:
+        control, self.control = self.control, None
+        if control is not None:
+            control.stop(timeout_s=1.0)
+
     def _on_roll_change(self, roll_id: str) -> None:
         """Runs in the reporting thread, after the old roll's last strip."""
         assert self.pipeline is not None and self._detector is not None and self._geometry is not None
@@ -260,17 +292,25 @@ class Daemon:
         if self._detector is not None:
             out["providers"] = self._detector.providers
             out["non_finite_outputs"] = self._detector.decode_stats.non_finite_queries
+        out["model"] = {"loaded": self._detector is not None, "error": self._model_error}
+        if self.control is not None:
+            out["control"] = self.control.status()
         return out
 
     def run(self, on_result: Callable[[StripResult], None] | None = None) -> dict[str, Any]:
         """Build (if needed), run to the end of the source or a stop; return the last roll's summary."""
         try:
             pipeline = self.pipeline or self.build()
-        except BaseException:
+        except BaseException as exc:
+            self._stop_control()
             if self._publisher is not None:
                 self._publisher.close(timeout_s=1.0)
             if self._source is not None:
                 self._source.stop()
+            if isinstance(exc, StoppedBeforeStart):  # SIGTERM while waiting for a model: a clean stop
+                log.info("%s", exc)
+                self.summary = {"state": "not_started", "reason": str(exc)}
+                return self.summary
             raise
 
         def on_strip(result: StripResult) -> None:
@@ -305,6 +345,7 @@ class Daemon:
             )
             self.roll_summaries.append(self.summary)
             ticker.join(timeout=2)
+            self._stop_control()
             if self._source is not None:
                 self._source.stop()
             self._publisher.close(timeout_s=min(2.0, self.config.publish.linger_ms / 1000.0 + 0.5))
@@ -336,4 +377,4 @@ class Daemon:
         )
 
 
-__all__ = ["CameraGeometry", "Daemon", "Publish", "camera_geometry", "new_roll_id"]
+__all__ = ["CameraGeometry", "Daemon", "Publish", "StoppedBeforeStart", "camera_geometry", "new_roll_id"]

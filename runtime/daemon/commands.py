@@ -99,6 +99,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    # SIGUSR1 (`systemctl kill -s USR1 loomsight`): end the current roll, the next frames start a new one
+    signal.signal(signal.SIGUSR1, lambda *_: daemon.new_roll())
     summary = daemon.run()
     if live:
         live.finish(summary)

@@ -125,6 +125,7 @@ class Pipeline:
         self._roll_requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.on_roll_change: Callable[[str], None] | None = None
         self.on_idle: Callable[[], None] | None = None
+        self.queue_peaks = {"strips": 0, "results": 0}  # deepest each queue has been (after a put)
 
     # -- control ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -149,6 +150,7 @@ class Pipeline:
         return {
             **self.stats.to_dict(),
             "queues": self.queue_depths(),
+            "queue_peaks": dict(self.queue_peaks),
             "source": self.source.status().to_dict(),
             "assembler": self.assembler.stats.to_dict(),
             "open_defects": len(self.reporter.merger.open_defects),
@@ -203,9 +205,11 @@ class Pipeline:
         self.stats.strips += 1
         if not self.drop_when_full:
             self.strips.put(strip)
+            self._note_depth("strips", self.strips)
             return
         try:
             self.strips.put_nowait(strip)
+            self._note_depth("strips", self.strips)
         except queue.Full:
             self.stats.strips_dropped += 1
             self.stats.lines_dropped += strip.height - strip.overlap_lines
@@ -213,6 +217,9 @@ class Pipeline:
                 "detector is behind: dropped strip %d (lines %d-%d); %d strips dropped so far",
                 strip.seq, strip.line0, strip.line_end, self.stats.strips_dropped,
             )  # fmt: skip
+
+    def _note_depth(self, name: str, q: queue.Queue[Any]) -> None:
+        self.queue_peaks[name] = max(self.queue_peaks[name], q.qsize())
 
     def _acquire(self) -> None:
         failures = 0
@@ -278,5 +285,6 @@ class Pipeline:
                 self.stats.prep_s += result.prep_s
                 self.stats.tile_rate.add(result.tiles)
                 self.results.put(result)
+                self._note_depth("results", self.results)
         finally:
             self.results.put(_END)
