@@ -118,9 +118,9 @@ class ModelConfig(StrictModel):
     warmup_runs: int = Field(2, ge=0)
     retry_load_s: float | None = Field(
         30.0,
-        gt=0,
+        ge=0,
         description="a model that fails to load is retried this often (the daemon stays live, not ready); "
-        "None = exit instead",
+        "0 (or None) = exit with the error instead",
     )
 
 

@@ -158,7 +158,7 @@ class Daemon:
                 self._model_error = None
                 return detector
             except LoomsightError as exc:
-                if cfg.retry_load_s is None:
+                if not cfg.retry_load_s:
                     raise
                 reason = f"model failed to load: {exc}"
             log.error("%s; retrying in %.0f s", reason, cfg.retry_load_s)
