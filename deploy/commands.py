@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from runtime.commands import Command
@@ -110,6 +111,7 @@ def _export_run(args: argparse.Namespace) -> int:
             allow_pickle=args.allow_pickle,
             simplify=args.simplify,
             include_checkpoint=args.include_checkpoint,
+            command=shlex.join(getattr(args, "command_line", ["loomsight", "export"])),
         )
     )
     m = result.manifest

@@ -133,6 +133,7 @@ def _train_run(args: argparse.Namespace) -> int:
             resume=args.resume,
             lr0=args.lr0,
             threads=args.threads,
+            command=" ".join(getattr(args, "command_line", [])),
         )
     )
     print(json.dumps({"best": str(result.best), "last": str(result.last), "metrics": result.metrics}))

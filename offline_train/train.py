@@ -76,6 +76,7 @@ class TrainOptions:
     resume: bool = False
     lr0: float | None = None
     threads: int | None = None  # CPU threads for torch; None = every core
+    command: str = ""  # the command line, for the training record
     augment: dict[str, float] = field(default_factory=dict)
 
 
@@ -211,7 +212,7 @@ def write_sidecar(path: Path, *, card: dict[str, Any], opts: TrainOptions, metri
         "model": opts.model,
         "weights": str(opts.weights) if opts.weights else None,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
-        "command": " ".join(sys.argv),
+        "command": opts.command or " ".join(sys.argv),
         "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "metrics": metrics,
     }

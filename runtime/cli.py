@@ -49,7 +49,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command | BrokenC
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, commands = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = ["loomsight", *argv]  # for provenance records
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
