@@ -26,8 +26,15 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mm-per-px", type=float, default=0.4, help="the model's resolution")
     p.add_argument("--tile-px", type=int, default=256)
     p.add_argument("--overlap-px", type=int, default=32)
+    p.add_argument("--sim-class-weights", default=None, help="e.g. hole=3,broken_pick=2 (others 1)")
     p.add_argument(
         "--synth", default="default", help="'default', 'none', or comma-separated synthesizer names"
+    )
+    p.add_argument(
+        "--cutpaste-per-class",
+        type=int,
+        default=0,
+        help="add cut-paste: a library of this many simulator defects per class pasted onto clean tiles",
     )
     p.add_argument("--synth-probability", type=float, default=0.35)
     p.add_argument("--clean-keep-probability", type=float, default=0.15)
@@ -62,10 +69,11 @@ def _dataset_run(args: argparse.Namespace) -> int:
             mm_per_line=args.camera_mm_per_line,
             seed=args.seed,
             defects_per_m=args.sim_defects_per_m,
+            class_weights=_parse_weights(args.sim_class_weights),
         )
     else:
         webs = folder_webs(args.clean, mm_per_px=args.camera_mm_per_px, mm_per_line=args.camera_mm_per_line)
-    synths = _synthesizers(args.synth, args.mm_per_px, args.seed)
+    synths = _synthesizers(args.synth, args.mm_per_px, args.seed, args.cutpaste_per_class)
     card = build_dataset(
         webs, args.out, spec, synths, progress=lambda m: print(m, file=sys.stderr, flush=True)
     )
@@ -73,12 +81,38 @@ def _dataset_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synthesizers(choice: str, mm_per_px: float, seed: int) -> list[Any]:
+def _parse_weights(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    from runtime.errors import ConfigError
+
+    weights: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--sim-class-weights: {part!r} is not CLASS=WEIGHT") from None
+    return weights
+
+
+def _synthesizers(choice: str, mm_per_px: float, seed: int, cutpaste_per_class: int = 0) -> list[Any]:
     if choice == "none":
         return []
+    import numpy as np
+
+    from offline_train.synth.library import DefectLibrary
     from offline_train.synth.registry import default_synthesizers
 
-    synths = default_synthesizers()
+    library = None
+    if cutpaste_per_class > 0:
+        library = DefectLibrary.from_simulator(
+            cutpaste_per_class,
+            np.random.default_rng(seed + 17),
+            mm_per_px,
+            progress=lambda m: print(m, file=sys.stderr, flush=True),
+        )
+    synths = default_synthesizers(library)
     if choice == "default":
         return list(synths)
     wanted = [c.strip() for c in choice.split(",") if c.strip()]

@@ -51,6 +51,7 @@ def simulator_webs(
     color_fraction: float = 0.25,
     catalog_fraction: float = 0.5,
     defect_classes: Sequence[str] | None = None,
+    class_weights: dict[str, float] | None = None,
 ) -> Iterator[LabelledWeb]:
     """`count` webs from the synthetic loom: catalog fabrics and random variations, with masks."""
     from runtime.sim.defects import DEFECT_CLASSES
@@ -75,6 +76,7 @@ def simulator_webs(
             defects_per_m=defects_per_m,
             with_masks=True,
             **({"defect_classes": tuple(defect_classes)} if defect_classes else {}),
+            **({"class_weights": class_weights} if class_weights else {}),
         )
         unknown = {t.class_name for t in truth} - set(DEFECT_CLASSES)
         if unknown:
