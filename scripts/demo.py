@@ -48,6 +48,8 @@ def main() -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     spool = ROOT / "out" / "demo" / "spool.sqlite3"
     spool.parent.mkdir(parents=True, exist_ok=True)
+    for old in spool.parent.glob(spool.name + "*"):  # each demo is a new line with a new history
+        old.unlink()
 
     print(f"== Loomsight demo: {args.length_m} m of synthetic fabric at {args.speed_m_min} m/min")
     print(f"== events on {pub} (replay {replay}); subscriber lines start with [sub]\n", flush=True)
