@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runtime.errors import ConfigError
 
@@ -137,10 +137,31 @@ class WebConfig(StrictModel):
         return self
 
 
+DEFAULT_ALONG_WEB_GAP_MM = {"broken_end": 50.0}
+DEFAULT_ACROSS_WEB_GAP_MM = {"broken_pick": 50.0}
+
+
 class MergeConfig(StrictModel):
     min_overlap_ratio: float = Field(0.3, gt=0, le=1, description="intersection over the smaller box")
     gap_mm: float = Field(3.0, ge=0, description="boxes of one class closer than this join")
     class_agnostic: bool = False
+    along_web_gap_mm: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_ALONG_WEB_GAP_MM),
+        description="class -> join gap along the web for streaks that run with it (a broken end the "
+        "detector loses for a few cm is still one defect); the class stays open that long",
+    )
+    across_web_gap_mm: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_ACROSS_WEB_GAP_MM),
+        description="class -> join gap across the web for streaks that run across it (broken picks)",
+    )
+
+    @field_validator("along_web_gap_mm", "across_web_gap_mm")
+    @classmethod
+    def _non_negative(cls, gaps: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in gaps.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"join gaps must be >= 0 mm, got {bad}")
+        return gaps
 
 
 class GradingConfig(StrictModel):

@@ -6,6 +6,10 @@ with another class) and either
 - lie along each other: they share at least half of the smaller one's extent across, and the gap
   between them along the other axis is at most the join gap. This is what keeps a broken end
   that runs through twenty tiles and five strips one defect; IoU-NMS would split it.
+  Streak classes may have a longer join gap of their own along their direction
+  (`class_gap_y` along the web for broken ends, `class_gap_x` across for broken picks): a
+  missing yarn goes on where the detector lost it for a few centimetres, so those pieces are
+  one defect, not several.
 
 Joining is transitive (connected components over the pairs), found with a sweep over boxes sorted
 by their top line and label propagation in numpy: no Python loop per box.
@@ -16,7 +20,7 @@ strip will look at again stays open and is emitted once, when it ends, with its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +84,43 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return labels
 
 
+def _pair_gap(
+    class_gap: np.ndarray | None, gap: float, class_id: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> np.ndarray | float:
+    if class_gap is None:
+        return gap
+    return np.maximum(gap, np.minimum(class_gap[class_id[a]], class_gap[class_id[b]]))
+
+
+def _with_streak_pairs(
+    xyxy: np.ndarray,
+    class_id: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    gap_x: float,
+    gap_y: float,
+    class_gap_x: np.ndarray | None,
+    class_gap_y: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add the candidate pairs that only the longer streak gaps reach: a second sweep over the
+    boxes of streak classes alone, so the common case pays nothing for the long reach."""
+    gx = np.zeros(len(xyxy)) if class_gap_x is None else class_gap_x[class_id]
+    gy = np.zeros(len(xyxy)) if class_gap_y is None else class_gap_y[class_id]
+    streak = np.flatnonzero((gx > gap_x) | (gy > gap_y))
+    if len(streak) < 2:
+        return a, b
+    sa, sb = _pairs_by_sweep(
+        xyxy[streak].astype(np.float64), max(gap_x, float(gx[streak].max())), max(gap_y, float(gy[streak].max()))
+    )
+    if len(sa) == 0:
+        return a, b
+    n = len(xyxy)
+    lo, hi = np.minimum(streak[sa], streak[sb]), np.maximum(streak[sa], streak[sb])
+    pair = np.unique(np.concatenate([a * n + b, lo * n + hi]))
+    return pair // n, pair % n
+
+
 def join_labels(
     xyxy: np.ndarray,
     class_id: np.ndarray,
@@ -89,13 +130,23 @@ def join_labels(
     gap_y: float = 0.0,
     class_agnostic: bool = False,
     cross_class_ios: float | None = 0.7,
+    class_gap_x: np.ndarray | None = None,
+    class_gap_y: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A component label per box; boxes with the same label are one defect."""
+    """A component label per box; boxes with the same label are one defect.
+
+    `class_gap_x` / `class_gap_y`, indexed by class id, widen the along-streak join gap for
+    those classes (a pair uses the smaller gap of its two classes; never below `gap_x`/`gap_y`).
+    """
     n = len(xyxy)
     if n < 2:
         return np.arange(n)
     x0, y0, x1, y1 = (xyxy[:, k].astype(np.float64) for k in range(4))
     a, b = _pairs_by_sweep(xyxy.astype(np.float64), gap_x, gap_y)
+    if class_gap_x is not None or class_gap_y is not None:
+        a, b = _with_streak_pairs(
+            xyxy, class_id, a, b, gap_x=gap_x, gap_y=gap_y, class_gap_x=class_gap_x, class_gap_y=class_gap_y
+        )
     if len(a) == 0:
         return np.arange(n)
     # overlap along each axis (negative = gap)
@@ -106,8 +157,9 @@ def join_labels(
     inter = np.clip(ox, 0, None) * np.clip(oy, 0, None)
     smaller = np.maximum(np.minimum(wa * ha, wb * hb), 1e-9)
     ios = inter / smaller
-    along_y = (ox >= 0.5 * np.minimum(wa, wb)) & (oy >= -gap_y)  # vertical streak pieces
-    along_x = (oy >= 0.5 * np.minimum(ha, hb)) & (ox >= -gap_x)  # horizontal streak pieces
+    gx, gy = _pair_gap(class_gap_x, gap_x, class_id, a, b), _pair_gap(class_gap_y, gap_y, class_id, a, b)
+    along_y = (ox >= 0.5 * np.minimum(wa, wb)) & (oy >= -gy)  # vertical streak pieces
+    along_x = (oy >= 0.5 * np.minimum(ha, hb)) & (ox >= -gx)  # horizontal streak pieces
     joins = (ios >= min_overlap_ratio) | along_y | along_x
     if not class_agnostic:
         same = class_id[a] == class_id[b]
@@ -164,6 +216,22 @@ def reduce_groups(
     return order[starts], union, cls, best, total_hits, order
 
 
+def _gap_table(gaps: Mapping[int, float] | None) -> np.ndarray | None:
+    if not gaps:
+        return None
+    table = np.zeros(max(gaps) + 1, np.float64)
+    for class_id, gap in gaps.items():
+        table[class_id] = gap
+    return table
+
+
+def _fit(table: np.ndarray | None, class_id: np.ndarray) -> np.ndarray | None:
+    """The gap table long enough to be indexed by every class id present (missing ids: 0)."""
+    if table is None or len(class_id) == 0 or int(class_id.max()) < len(table):
+        return table
+    return np.pad(table, (0, int(class_id.max()) + 1 - len(table)))
+
+
 class Merger:
     """Keeps defects open across strips and closes each once, when it can no longer grow."""
 
@@ -175,10 +243,18 @@ class Merger:
         gap_lines: float = 30.0,
         class_agnostic: bool = False,
         cross_class_ios: float | None = 0.7,
+        streak_gap_px: Mapping[int, float] | None = None,
+        streak_gap_lines: Mapping[int, float] | None = None,
     ) -> None:
+        """`streak_gap_px` / `streak_gap_lines`: class id -> a longer join gap across / along the
+        web for that class (broken picks / broken ends); a defect of such a class stays open
+        that much longer, waiting for its continuation."""
         self.min_overlap_ratio = min_overlap_ratio
         self.gap_px = gap_px
         self.gap_lines = gap_lines
+        self._class_gap_x = _gap_table(streak_gap_px)
+        self._class_gap_y = _gap_table(streak_gap_lines)
+        self._close_gap_lines = dict(streak_gap_lines or {})
         self.class_agnostic = class_agnostic
         self.cross_class_ios = cross_class_ios
         self._open: list[Defect] = []
@@ -219,6 +295,8 @@ class Merger:
             gap_y=self.gap_lines,
             class_agnostic=self.class_agnostic,
             cross_class_ios=self.cross_class_ios,
+            class_gap_x=_fit(self._class_gap_x, all_cls),
+            class_gap_y=_fit(self._class_gap_y, all_cls),
         )
         firsts, union, cls, best, hits, order = reduce_groups(labels, all_xyxy, all_cls, all_score, all_hits)
         starts = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1]])
@@ -237,7 +315,7 @@ class Merger:
             else:
                 d = Defect(self._next_id, c, sc, x0, y0, x1, y1, h, first_strip=strip_seq, last_strip=strip_seq)
                 self._next_id += 1
-            if d.y1 + self.gap_lines < next_line0:
+            if d.y1 + max(self.gap_lines, self._close_gap_lines.get(d.class_id, 0.0)) < next_line0:
                 d.is_open = False
                 closed.append(d)
             else:

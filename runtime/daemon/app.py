@@ -18,13 +18,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from runtime.assembler import WebAssembler
-from runtime.config import LoomsightConfig
+from runtime.config import DEFAULT_ACROSS_WEB_GAP_MM, DEFAULT_ALONG_WEB_GAP_MM, LoomsightConfig
 from runtime.daemon.inspector import StripInspector, StripResult
 from runtime.daemon.pipeline import Pipeline
 from runtime.daemon.reporter import CropOptions, DefectReporter, Publish, WebGeometry
 from runtime.daemon.roll_state import close_interrupted_roll
 from runtime.detect.base import Detector
-from runtime.errors import CalibrationError, LoomsightError
+from runtime.detect.manifest import ModelManifest
+from runtime.errors import CalibrationError, ConfigError, LoomsightError
 from runtime.grade import RollGrader
 from runtime.merge import Merger
 from runtime.preprocess import FlatField, Preprocessor
@@ -195,6 +196,14 @@ class Daemon:
                 gap_px=gap_mm / geometry.mm_per_px_x,
                 gap_lines=gap_mm / geometry.mm_per_line,
                 class_agnostic=cfg.merge.class_agnostic,
+                streak_gap_px={
+                    k: mm / geometry.mm_per_px_x
+                    for k, mm in _class_gaps(cfg.merge.across_web_gap_mm, "across", detector.manifest).items()
+                },
+                streak_gap_lines={
+                    k: mm / geometry.mm_per_line
+                    for k, mm in _class_gaps(cfg.merge.along_web_gap_mm, "along", detector.manifest).items()
+                },
             ),
             grader=self._grader(),
             publisher=self._publisher,
@@ -378,3 +387,19 @@ class Daemon:
 
 
 __all__ = ["CameraGeometry", "Daemon", "Publish", "StoppedBeforeStart", "camera_geometry", "new_roll_id"]
+
+
+def _class_gaps(gaps_mm: dict[str, float], direction: str, manifest: ModelManifest) -> dict[int, float]:
+    """Class name -> gap (config) as class id -> gap for this model. A default streak class the
+    model does not have is skipped; a class the user named that the model lacks is an error."""
+    defaults = DEFAULT_ALONG_WEB_GAP_MM if direction == "along" else DEFAULT_ACROSS_WEB_GAP_MM
+    out: dict[int, float] = {}
+    for name, mm in gaps_mm.items():
+        if name in manifest.classes:
+            out[manifest.classes.index(name)] = mm
+        elif name not in defaults:
+            raise ConfigError(
+                f"merge.{direction}_web_gap_mm names class {name!r}, which model {manifest.name!r} does "
+                f"not have; its classes are {', '.join(manifest.classes)}"
+            )
+    return out

@@ -49,3 +49,23 @@ def test_toml_file_errors(tmp_path: Path) -> None:
     ok.write_text('line_id = "loom-3"\n[model]\nretry_load_s = 0\n')
     cfg = load_config(ok)
     assert cfg.line_id == "loom-3" and cfg.model.retry_load_s == 0  # 0 = exit when the model cannot load
+
+
+def test_streak_join_gaps_map_to_the_models_classes_and_a_wrong_name_is_an_error() -> None:
+    from runtime.daemon.app import _class_gaps
+    from runtime.detect.manifest import ModelManifest
+    from tests.helpers.tiny_models import manifest_fields
+
+    fields = manifest_fields(classes=["hole", "broken_end"], size_px=64, num_queries=5)
+    manifest = ModelManifest.model_validate(
+        {**fields, "schema": "loomsight.model/1", "sha256": {"model.onnx": "0" * 64}}
+    )
+    cfg = parse_config({})
+    # defaults: broken_end along the web; broken_pick (absent from this model) is skipped quietly
+    assert _class_gaps(cfg.merge.along_web_gap_mm, "along", manifest) == {1: 50.0}
+    assert _class_gaps(cfg.merge.across_web_gap_mm, "across", manifest) == {}
+    typo = parse_config({"merge": {"along_web_gap_mm": {"broken_ends": 80}}})
+    with pytest.raises(ConfigError, match=r"broken_ends.*hole, broken_end"):
+        _class_gaps(typo.merge.along_web_gap_mm, "along", manifest)
+    with pytest.raises(ConfigError, match=r"merge.along_web_gap_mm.*>= 0"):
+        parse_config({"merge": {"along_web_gap_mm": {"broken_end": -5}}})
