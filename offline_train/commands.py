@@ -189,6 +189,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         "--dataset", type=Path, default=None, help="also compute tile mAP on this dataset's val split"
     )
     p.add_argument("--out", type=Path, default=None, help="write the report as JSON")
+    p.add_argument(
+        "--review-sheet", type=Path, default=None,
+        help="write a picture of every miss, false alarm and duplicate here (.jpg or .png)",
+    )  # fmt: skip
 
 
 def _eval_run(args: argparse.Namespace) -> int:
@@ -205,6 +209,7 @@ def _eval_run(args: argparse.Namespace) -> int:
         defects_per_m=args.defects_per_m,
         batch_size=args.batch,
         progress=lambda m: print(m, file=sys.stderr, flush=True),
+        review_sheet=args.review_sheet,
     )
     if args.dataset is not None:
         report["tile"] = tile_map(args.bundle, args.dataset)

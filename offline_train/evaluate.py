@@ -60,6 +60,11 @@ class RollResult:
     reported: list[ScoredBox]
     events: list[dict[str, Any]] = field(default_factory=list)
     tiles_per_s: float = 0.0
+    source_config: Any = None  # the SyntheticSourceConfig it ran with: the web can be rendered again
+
+    @property
+    def mm_per_line(self) -> float:
+        return float(self.source_config.mm_per_line) if self.source_config is not None else 0.1
 
 
 def run_roll(
@@ -111,8 +116,9 @@ def run_roll(
     defects = publisher.of_kind("defect")
     reported = [ScoredBox(e["class"], *e["bbox_px"]) for e in defects]
     return RollResult(
-        seed, fabric, length_m, truth, reported, defects, float(status.get("tiles_per_s_mean", 0.0))
-    )
+        seed, fabric, length_m, truth, reported, defects, float(status.get("tiles_per_s_mean", 0.0)),
+        config.source.synthetic,
+    )  # fmt: skip
 
 
 def _scores_dict(scores: dict[str, ClassScore]) -> dict[str, Any]:
@@ -129,7 +135,10 @@ def evaluate_rolls(
     defects_per_m: float = 2.0,
     batch_size: int = 8,
     progress: Callable[[str], None] | None = None,
+    review_sheet: Path | None = None,
 ) -> dict[str, Any]:
+    """Score fresh synthetic rolls; with `review_sheet`, also write the picture of every miss,
+    false alarm and duplicate (offline_train.eval_sheet)."""
     from runtime.config import ModelConfig
     from runtime.detect.bundle import load_bundle, open_detector
 
@@ -162,6 +171,12 @@ def evaluate_rolls(
                 acc.true_positives += s.true_positives
                 acc.duplicates += s.duplicates
     n_events = sum(len(r.reported) for r in rolls)
+    review: dict[str, Any] = {}
+    if review_sheet is not None:
+        from offline_train.eval_sheet import write_review_sheet
+
+        items = write_review_sheet(rolls, classes, review_sheet)
+        review = {"review_sheet": {"path": str(review_sheet), "items": len(items)}}
     return {
         "bundle": str(bundle),
         "rolls": [
@@ -171,6 +186,7 @@ def evaluate_rolls(
         "web_class_aware": _scores_dict(aware),
         "web_class_agnostic": {"all": agnostic["all"].to_dict()},
         "duplicate_rate": round(aware["all"].duplicates / n_events, 4) if n_events else 0.0,
+        **review,
     }
 
 
@@ -249,4 +265,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"duplicate events: {report['duplicate_rate'] * 100:.2f}%")
     if "tile" in report:
         lines.append(f"tile mAP50 {report['tile']['mAP50']:.3f}, mAP50-95 {report['tile']['mAP50_95']:.3f}")
+    if "review_sheet" in report:
+        r = report["review_sheet"]
+        lines.append(f"review sheet ({r['items']} misses, false alarms and duplicates): {r['path']}")
     return "\n".join(lines)

@@ -32,6 +32,8 @@ class ClassScore:
     true_positives: int = 0
     duplicates: int = 0
     missed: list[int] = field(default_factory=list)  # indices of true defects not found
+    false_alarms: list[int] = field(default_factory=list)  # indices of reports matching no true defect
+    duplicate_reports: list[int] = field(default_factory=list)  # indices of reports of an already-claimed defect
 
     @property
     def recall(self) -> float:
@@ -113,6 +115,8 @@ def score_defects(
         total.n_reported += 1
         hits = np.flatnonzero(match[:, j]) if truth else np.zeros(0, int)
         if len(hits) == 0:
+            s.false_alarms.append(j)
+            total.false_alarms.append(j)
             continue
         free = hits[~claimed[hits]]
         if len(free):
@@ -122,6 +126,8 @@ def score_defects(
         else:
             s.duplicates += 1
             total.duplicates += 1
+            s.duplicate_reports.append(j)
+            total.duplicate_reports.append(j)
     for i, t in enumerate(truth):
         s = scores.setdefault(t.class_name, ClassScore())
         s.n_truth += 1
