@@ -219,6 +219,43 @@ def _eval_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="model bundle directory (its manifest.json is updated)")
+    p.add_argument("--rolls", type=int, default=8, help="synthetic tuning rolls")
+    p.add_argument("--length-m", type=float, default=4.0)
+    p.add_argument(
+        "--seed", type=int, default=800001, help="first tuning seed (keep apart from training and eval seeds)"
+    )
+    p.add_argument("--fabrics", default="all", help="'all' (the catalog, in turn) or comma-separated names")
+    p.add_argument("--defects-per-m", type=float, default=2.0)
+    p.add_argument("--width-px", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dry-run", action="store_true", help="print the chosen thresholds; leave the bundle as it is")
+
+
+def _tune_run(args: argparse.Namespace) -> int:
+    from offline_train.web_tune import format_tuning, tune_bundle
+    from runtime.detect.bundle import load_bundle
+    from runtime.sim.fabric import FABRICS
+
+    fabrics = sorted(FABRICS) if args.fabrics == "all" else [f.strip() for f in args.fabrics.split(",")]
+    previous = dict(load_bundle(args.bundle).manifest.thresholds)
+    chosen = tune_bundle(
+        args.bundle,
+        seeds=[args.seed + i for i in range(args.rolls)],
+        fabrics=fabrics,
+        length_m=args.length_m,
+        defects_per_m=args.defects_per_m,
+        width_px=args.width_px,
+        batch_size=args.batch,
+        write=not args.dry_run,
+        progress=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    print(format_tuning(chosen, previous))
+    print("dry run: the bundle is unchanged" if args.dry_run else f"thresholds written to {args.bundle / 'manifest.json'}")
+    return 0
+
+
 TRAIN_NEEDS = ("torch", "torchvision", "ultralytics")
 
 DATASET = Command(
@@ -242,4 +279,11 @@ EVAL = Command(
     run=_eval_run,
     extra="train",
     needs=("pycocotools",),
+)
+
+TUNE = Command(
+    name="tune",
+    help="choose per-class thresholds at web level (after merging) on synthetic tuning rolls",
+    add_arguments=_tune_args,
+    run=_tune_run,
 )

@@ -30,6 +30,11 @@ touch "$WORK/runs/v1/done"
 $LS export "$WORK/runs/v1/weights/best.pt" --out models/default --name loomsight-default \
   --tune-on "$WORK/datasets/v1/data.yaml" --include-checkpoint
 
-# 4. Web-level evaluation on fresh rolls (seeds never used in training), every catalog fabric.
-$LS eval models/default --rolls 14 --length-m 5 --seed 900001 --dataset "$WORK/datasets/v1" \
-  --out models/default/eval.json
+# 4. Thresholds re-chosen at web level (after merging) on tuning rolls, seeds 800001.. (used by
+#    neither training nor evaluation).
+$LS tune models/default --rolls 28 --length-m 4 --seed 800001
+
+# 5. Web-level evaluation on fresh rolls (seeds never used in training or tuning), every catalog
+#    fabric, with a picture of every miss, false alarm and duplicate.
+$LS eval models/default --rolls 28 --length-m 4 --seed 900001 --dataset "$WORK/datasets/v1" \
+  --out models/default/eval.json --review-sheet models/default/review.jpg

@@ -1,0 +1,46 @@
+"""Web-level threshold choice: the best F1 after merging, the middle of a tie, untunable classes kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from offline_train.web_tune import choose_thresholds
+from runtime.scoring import ScoredBox
+
+
+def _box(cls: str, x: float, y: float) -> ScoredBox:
+    return ScoredBox(cls, x, y, x + 20, y + 20)
+
+
+def test_the_threshold_lands_between_the_false_alarms_and_the_true_defects() -> None:
+    truth = [_box("hole", 100 * i, 0) for i in range(5)]
+    reported = [*truth, *(_box("hole", 100 * i, 500) for i in range(5))]  # 5 found, 5 false alarms
+    scores = [0.8, 0.85, 0.9, 0.8, 0.95] + [0.3, 0.35, 0.4, 0.45, 0.5]
+    chosen = choose_thresholds([(truth, reported, scores)], ["hole"], {"hole": 0.5})["hole"]
+    # F1 = 1 from 0.55 to 0.80: the middle of that plateau, not its edge
+    assert chosen.tuned and 0.6 <= chosen.threshold <= 0.75
+    assert (chosen.precision, chosen.recall, chosen.f1) == (1.0, 1.0, 1.0)
+
+
+def test_rolls_are_scored_apart_and_add_up() -> None:
+    # the same place on two rolls: a report on roll 2 must not find roll 1's defect
+    roll1 = ([_box("stain", 0, 0)], [], [])
+    roll2 = ([], [_box("stain", 0, 0)], [0.9])
+    chosen = choose_thresholds([roll1, roll2], ["stain"], {"stain": 0.5})["stain"]
+    assert chosen.n_truth == 1 and not chosen.tuned  # F1 is 0 at every threshold
+
+
+@pytest.mark.parametrize(("current", "expected"), [(0.3, 0.45), (0.6, 0.6)])
+def test_a_class_with_only_false_alarms_is_raised_to_silence_them_never_lowered(
+    current: float, expected: float
+) -> None:
+    truth = [_box("hole", 0, 0)]
+    reported = [truth[0], _box("knot", 300, 300)]
+    chosen = choose_thresholds([(truth, reported, [0.9, 0.4])], ["hole", "knot"], {"knot": current})
+    assert chosen["knot"].threshold == pytest.approx(expected) and not chosen["knot"].tuned
+    assert chosen["hole"].tuned
+
+
+def test_a_class_never_seen_keeps_its_threshold() -> None:
+    chosen = choose_thresholds([([], [], [])], ["float"], {"float": 0.5})["float"]
+    assert chosen.threshold == 0.5 and not chosen.tuned
