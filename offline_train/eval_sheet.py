@@ -109,11 +109,16 @@ def write_review_sheet(
     margin_px: int = 48,
     max_crop_lines: int = 1500,
 ) -> list[ReviewItem]:
-    """Write the sheet to `out` (JPEG or PNG by suffix); returns every item (the sheet shows the
-    first `max_items`, misses first). With nothing to review, the sheet says so."""
+    """Write the sheet to `out` (JPEG or PNG by suffix); returns every item. The sheet shows at
+    most `max_items`: misses first, then false alarms and duplicates, each kind getting at least
+    half the room when the other has more. With nothing to review, the sheet says so."""
     order = {"MISS": 0, "FALSE": 1, "DUP": 2}
     items = sorted(review_items(rolls, classes), key=lambda it: (order[it.kind], it.roll_index))
-    shown = items[:max_items]
+    misses = [it for it in items if it.kind == "MISS"]
+    wrong = [it for it in items if it.kind != "MISS"]
+    # both kinds of error get room: misses fill at most what the reports leave, and vice versa
+    n_miss = min(len(misses), max(max_items // 2, max_items - len(wrong)))
+    shown = misses[:n_miss] + wrong[: max_items - n_miss]
     caption_px = 30
     rows = max(1, -(-len(shown) // columns))
     sheet = np.full((rows * (cell_px + caption_px), columns * cell_px, 3), 25, np.uint8)
