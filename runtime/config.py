@@ -137,8 +137,8 @@ class WebConfig(StrictModel):
         return self
 
 
-DEFAULT_ALONG_WEB_GAP_MM = {"broken_end": 50.0}
-DEFAULT_ACROSS_WEB_GAP_MM = {"broken_pick": 50.0}
+DEFAULT_ALONG_WEB_GAP_MM = {"broken_end": 150.0}
+DEFAULT_ACROSS_WEB_GAP_MM = {"broken_pick": 150.0}
 
 
 class MergeConfig(StrictModel):

@@ -8,7 +8,7 @@ with another class) and either
   that runs through twenty tiles and five strips one defect; IoU-NMS would split it.
   Streak classes may have a longer join gap of their own along their direction
   (`class_gap_y` along the web for broken ends, `class_gap_x` across for broken picks): a
-  missing yarn goes on where the detector lost it for a few centimetres, so those pieces are
+  missing yarn goes on where the detector lost it for a tile or so, so those pieces are
   one defect, not several.
 
 Joining is transitive (connected components over the pairs), found with a sweep over boxes sorted

@@ -2,7 +2,7 @@
 
 The boxes imitate a busy web: clusters of duplicates from overlapping tiles around each defect,
 long streaks cut into tile-sized pieces, and scattered singletons, over a 2 m wide web. The
-merger runs as the daemon configures it by default: 3 mm join gap, and 50 mm along-streak gaps
+merger runs as the daemon configures it by default: 3 mm join gap, and 150 mm along-streak gaps
 for broken ends (class 2, along the web) and broken picks (class 3, across), at 0.1 mm/px.
 """
 
@@ -50,7 +50,7 @@ def time_merge(n: int, repeats: int) -> dict[str, float]:
     times = []
     groups = 0
     for _ in range(repeats):
-        m = Merger(gap_px=30, gap_lines=30, streak_gap_px={3: 500.0}, streak_gap_lines={2: 500.0})
+        m = Merger(gap_px=30, gap_lines=30, streak_gap_px={3: 1500.0}, streak_gap_lines={2: 1500.0})
         t0 = time.perf_counter()
         closed = m.update(xyxy, cls, score, strip_seq=0, next_line0=float("inf"))
         times.append(time.perf_counter() - t0)

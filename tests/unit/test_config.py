@@ -62,7 +62,7 @@ def test_streak_join_gaps_map_to_the_models_classes_and_a_wrong_name_is_an_error
     )
     cfg = parse_config({})
     # defaults: broken_end along the web; broken_pick (absent from this model) is skipped quietly
-    assert _class_gaps(cfg.merge.along_web_gap_mm, "along", manifest) == {1: 50.0}
+    assert _class_gaps(cfg.merge.along_web_gap_mm, "along", manifest) == {1: 150.0}
     assert _class_gaps(cfg.merge.across_web_gap_mm, "across", manifest) == {}
     typo = parse_config({"merge": {"along_web_gap_mm": {"broken_ends": 80}}})
     with pytest.raises(ConfigError, match=r"broken_ends.*hole, broken_end"):
