@@ -144,7 +144,7 @@ def write_review_sheet(
         cv2.putText(sheet, where, (x + 3, y + cell_px + 25),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.33, (200, 200, 200), 1, cv2.LINE_AA)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), sheet):
+    if not cv2.imwrite(str(out), sheet, [cv2.IMWRITE_JPEG_QUALITY, 80]):
         raise OSError(f"could not write the review sheet to {out}; use a .jpg or .png path in a writable folder")
     log.info("review sheet: %d of %d items -> %s", len(shown), len(items), out)
     return items
