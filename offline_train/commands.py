@@ -174,17 +174,28 @@ def _train_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", type=Path, help="model bundle directory")
-    p.add_argument("--rolls", type=int, default=6, help="fresh synthetic rolls to run")
+def _roll_args(p: argparse.ArgumentParser, *, rolls: int, seed: int, seed_help: str) -> None:
+    """The synthetic rolls `eval` and `tune` run through the daemon."""
+    p.add_argument("--rolls", type=int, default=rolls, help="synthetic rolls to run")
     p.add_argument("--length-m", type=float, default=4.0)
-    p.add_argument(
-        "--seed", type=int, default=900001, help="first roll seed (use seeds never used in training)"
-    )
+    p.add_argument("--seed", type=int, default=seed, help=seed_help)
     p.add_argument("--fabrics", default="all", help="'all' (the catalog, in turn) or comma-separated names")
     p.add_argument("--defects-per-m", type=float, default=2.0)
     p.add_argument("--width-px", type=int, default=2048)
     p.add_argument("--batch", type=int, default=8)
+
+
+def _fabrics(arg: str) -> list[str]:
+    from runtime.sim.fabric import FABRICS
+
+    return sorted(FABRICS) if arg == "all" else [f.strip() for f in arg.split(",")]
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="model bundle directory")
+    _roll_args(
+        p, rolls=6, seed=900001, seed_help="first roll seed (use seeds never used in training or tuning)"
+    )
     p.add_argument(
         "--dataset", type=Path, default=None, help="also compute tile mAP on this dataset's val split"
     )
@@ -197,9 +208,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def _eval_run(args: argparse.Namespace) -> int:
     from offline_train.evaluate import evaluate_rolls, format_report, tile_map, write_report
-    from runtime.sim.fabric import FABRICS
 
-    fabrics = sorted(FABRICS) if args.fabrics == "all" else [f.strip() for f in args.fabrics.split(",")]
+    fabrics = _fabrics(args.fabrics)
     report = evaluate_rolls(
         args.bundle,
         seeds=[args.seed + i for i in range(args.rolls)],
@@ -221,24 +231,19 @@ def _eval_run(args: argparse.Namespace) -> int:
 
 def _tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="model bundle directory (its manifest.json is updated)")
-    p.add_argument("--rolls", type=int, default=8, help="synthetic tuning rolls")
-    p.add_argument("--length-m", type=float, default=4.0)
-    p.add_argument(
-        "--seed", type=int, default=800001, help="first tuning seed (keep apart from training and eval seeds)"
+    _roll_args(
+        p, rolls=8, seed=800001, seed_help="first tuning seed (keep apart from training and eval seeds)"
     )
-    p.add_argument("--fabrics", default="all", help="'all' (the catalog, in turn) or comma-separated names")
-    p.add_argument("--defects-per-m", type=float, default=2.0)
-    p.add_argument("--width-px", type=int, default=2048)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--dry-run", action="store_true", help="print the chosen thresholds; leave the bundle as it is")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the chosen thresholds; leave the bundle as it is"
+    )
 
 
 def _tune_run(args: argparse.Namespace) -> int:
     from offline_train.web_tune import format_tuning, tune_bundle
     from runtime.detect.bundle import load_bundle
-    from runtime.sim.fabric import FABRICS
 
-    fabrics = sorted(FABRICS) if args.fabrics == "all" else [f.strip() for f in args.fabrics.split(",")]
+    fabrics = _fabrics(args.fabrics)
     previous = dict(load_bundle(args.bundle).manifest.thresholds)
     chosen = tune_bundle(
         args.bundle,
@@ -252,7 +257,11 @@ def _tune_run(args: argparse.Namespace) -> int:
         progress=lambda m: print(m, file=sys.stderr, flush=True),
     )
     print(format_tuning(chosen, previous))
-    print("dry run: the bundle is unchanged" if args.dry_run else f"thresholds written to {args.bundle / 'manifest.json'}")
+    print(
+        "dry run: the bundle is unchanged"
+        if args.dry_run
+        else f"thresholds written to {args.bundle / 'manifest.json'}"
+    )
     return 0
 
 

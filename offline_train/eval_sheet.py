@@ -131,7 +131,12 @@ def write_review_sheet(
         if item.roll_index not in webs:
             webs = {item.roll_index: _render_roll(roll)}  # keep only the latest web in memory
         cell = _cell(
-            webs[item.roll_index], item, roll, cell_px=cell_px, margin_px=margin_px, max_crop_lines=max_crop_lines
+            webs[item.roll_index],
+            item,
+            roll,
+            cell_px=cell_px,
+            margin_px=margin_px,
+            max_crop_lines=max_crop_lines,
         )
         r, c = divmod(n, columns)
         y, x = r * (cell_px + caption_px), c * cell_px
@@ -145,6 +150,8 @@ def write_review_sheet(
                     cv2.FONT_HERSHEY_SIMPLEX, 0.33, (200, 200, 200), 1, cv2.LINE_AA)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), sheet, [cv2.IMWRITE_JPEG_QUALITY, 80]):
-        raise OSError(f"could not write the review sheet to {out}; use a .jpg or .png path in a writable folder")
+        raise OSError(
+            f"could not write the review sheet to {out}; use a .jpg or .png path in a writable folder"
+        )
     log.info("review sheet: %d of %d items -> %s", len(shown), len(items), out)
     return items

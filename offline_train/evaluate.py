@@ -125,6 +125,31 @@ def _scores_dict(scores: dict[str, ClassScore]) -> dict[str, Any]:
     return {c: s.to_dict() for c, s in scores.items()}
 
 
+def run_rolls(
+    bundle: Path,
+    detector: Any,
+    *,
+    seeds: Sequence[int],
+    fabrics: Sequence[str],
+    length_m: float,
+    width_px: int = 2048,
+    defects_per_m: float = 2.0,
+    batch_size: int = 8,
+    on_roll: Callable[[int, RollResult], None] | None = None,
+) -> list[RollResult]:
+    """One synthetic roll per seed (fabrics in turn) through the daemon with one open detector."""
+    rolls: list[RollResult] = []
+    for i, seed in enumerate(seeds):
+        r = run_roll(
+            bundle, seed=seed, fabric=fabrics[i % len(fabrics)], length_m=length_m, width_px=width_px,
+            defects_per_m=defects_per_m, batch_size=batch_size, detector=detector,
+        )  # fmt: skip
+        rolls.append(r)
+        if on_roll:
+            on_roll(i, r)
+    return rolls
+
+
 def evaluate_rolls(
     bundle: Path,
     *,
@@ -143,21 +168,20 @@ def evaluate_rolls(
     from runtime.detect.bundle import load_bundle, open_detector
 
     classes = load_bundle(bundle).manifest.classes
-    detector = open_detector(ModelConfig(bundle=bundle, batch_size=batch_size))
-    rolls: list[RollResult] = []
-    for i, seed in enumerate(seeds):
-        fabric = fabrics[i % len(fabrics)]
-        r = run_roll(
-            bundle, seed=seed, fabric=fabric, length_m=length_m, width_px=width_px,
-            defects_per_m=defects_per_m, batch_size=batch_size, detector=detector,
-        )  # fmt: skip
-        rolls.append(r)
+
+    def report_roll(i: int, r: RollResult) -> None:
         if progress:
             s = score_defects(r.truth, r.reported, classes=classes)["all"]
             progress(
-                f"roll {i + 1}/{len(seeds)} seed {seed} {fabric}: {s.n_truth} true, {s.n_reported} reported, "
+                f"roll {i + 1}/{len(seeds)} seed {r.seed} {r.fabric}: {s.n_truth} true, {s.n_reported} reported, "
                 f"recall {s.recall:.2f} precision {s.precision:.2f} ({r.tiles_per_s:.1f} tiles/s)"
             )
+
+    rolls = run_rolls(
+        bundle, open_detector(ModelConfig(bundle=bundle, batch_size=batch_size)), seeds=seeds, fabrics=fabrics,
+        length_m=length_m, width_px=width_px, defects_per_m=defects_per_m, batch_size=batch_size,
+        on_roll=report_roll,
+    )  # fmt: skip
     # score roll by roll (boxes of different rolls must never match), then add up
     aware: dict[str, ClassScore] = {}
     agnostic: dict[str, ClassScore] = {}

@@ -95,7 +95,9 @@ def choose_thresholds(
             continue
         best = np.flatnonzero(f1 >= f1.max() - 1e-9)
         k = int(best[len(best) // 2])  # the middle of the best plateau
-        out[c] = WebTuning(c, float(grid[k]), float(precision[k]), float(recall[k]), float(f1[k]), n_truth, True)
+        out[c] = WebTuning(
+            c, float(grid[k]), float(precision[k]), float(recall[k]), float(f1[k]), n_truth, True
+        )
     return out
 
 
@@ -112,7 +114,7 @@ def tune_bundle(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, WebTuning]:
     """Run the tuning rolls, choose thresholds, and (with `write`) put them in the manifest."""
-    from offline_train.evaluate import run_roll
+    from offline_train.evaluate import RollResult, run_rolls
     from runtime.config import ModelConfig
     from runtime.detect.bundle import load_bundle, open_detector
 
@@ -121,16 +123,18 @@ def tune_bundle(
     detector = open_detector(
         ModelConfig(bundle=bundle, batch_size=batch_size, thresholds=dict.fromkeys(manifest.classes, low))
     )
-    rolls = []
-    for i, seed in enumerate(seeds):
-        fabric = fabrics[i % len(fabrics)]
-        r = run_roll(
-            bundle, seed=seed, fabric=fabric, length_m=length_m, width_px=width_px,
-            defects_per_m=defects_per_m, batch_size=batch_size, detector=detector,
-        )  # fmt: skip
-        rolls.append((r.truth, r.reported, [float(e["score"]) for e in r.events]))
+
+    def report_roll(i: int, r: RollResult) -> None:
         if progress:
-            progress(f"tuning roll {i + 1}/{len(seeds)} seed {seed} {fabric}: {len(r.truth)} true, {len(r.reported)} reported at >= {low}")
+            progress(
+                f"tuning roll {i + 1}/{len(seeds)} seed {r.seed} {r.fabric}: {len(r.truth)} true, {len(r.reported)} reported at >= {low}"
+            )
+
+    results = run_rolls(
+        bundle, detector, seeds=seeds, fabrics=fabrics, length_m=length_m, width_px=width_px,
+        defects_per_m=defects_per_m, batch_size=batch_size, on_roll=report_roll,
+    )  # fmt: skip
+    rolls = [(r.truth, r.reported, [float(e["score"]) for e in r.events]) for r in results]
     chosen = choose_thresholds(rolls, manifest.classes, dict(manifest.thresholds))
     if write:
         fields = manifest.model_dump(mode="json", by_alias=True)
@@ -168,11 +172,16 @@ def _write_manifest(bundle: Path, fields: dict[str, Any]) -> None:
 def format_tuning(chosen: dict[str, WebTuning], previous: dict[str, float]) -> str:
     lines = ["class            before  after  truth  recall   prec     f1"]
     for c, t in chosen.items():
+
         def f(x: float) -> str:
             return "   -  " if np.isnan(x) else f"{x:6.3f}"
 
         lines.append(
             f"{c:15s} {previous.get(c, 0.5):6.2f} {t.threshold:6.2f} {t.n_truth:6d} {f(t.recall)} {f(t.precision)} {f(t.f1)}"
-            + ("" if t.tuned else "  (not tuned: no true defect found; kept, or raised to silence false alarms)")
+            + (
+                ""
+                if t.tuned
+                else "  (not tuned: no true defect found; kept, or raised to silence false alarms)"
+            )
         )
     return "\n".join(lines)

@@ -72,13 +72,17 @@ def _run_into_sub(
     listener.join(timeout=5)
     sub.close()
     defects = [e for e, _ in received if e["kind"] == "defect"]
-    assert all(n > 0 for e, n in received if e["kind"] == "defect"), "every defect event carries its JPEG crop"
+    assert all(n > 0 for e, n in received if e["kind"] == "defect"), (
+        "every defect event carries its JPEG crop"
+    )
     if placed is not None:
         source.placed = placed  # type: ignore[attr-defined]
     return defects, source
 
 
-def test_loud_defects_on_a_fresh_roll_reach_the_subscriber_once_each(tmp_path: Path, loopback_endpoint: str) -> None:
+def test_loud_defects_on_a_fresh_roll_reach_the_subscriber_once_each(
+    tmp_path: Path, loopback_endpoint: str
+) -> None:
     fields = {"fabric": "plain_gray", "seed": 910_001, "length_m": 6.0, "defects_per_m": 3.0}
     defects, source = _run_into_sub(tmp_path, loopback_endpoint, fields)
     truth = [ScoredBox(t.class_name, t.x0_px, t.y0_line, t.x1_px, t.y1_line) for t in source.truth]
@@ -90,19 +94,27 @@ def test_loud_defects_on_a_fresh_roll_reach_the_subscriber_once_each(tmp_path: P
     loud_tp = sum(scores[c].true_positives for c in LOUD if c in scores)
     assert loud_truth >= 6, "the roll must hold enough loud defects to measure"
     assert loud_found / loud_truth >= LOUD_RECALL_MIN, {c: scores[c].to_dict() for c in LOUD if c in scores}
-    assert loud_tp / max(loud_reported, 1) >= LOUD_PRECISION_MIN, {c: scores[c].to_dict() for c in LOUD if c in scores}
+    assert loud_tp / max(loud_reported, 1) >= LOUD_PRECISION_MIN, {
+        c: scores[c].to_dict() for c in LOUD if c in scores
+    }
     assert scores["all"].duplicates <= max(1, 0.02 * len(reported)), "a defect was reported more than once"
     # where each event says it is agrees with its pixels (mm across and along the roll)
     for e in defects:
         assert abs(e["y_mm"] - e["bbox_px"][1] * 0.1) < 0.2
 
 
-def test_a_broken_end_metres_long_is_one_event_with_its_full_length(tmp_path: Path, loopback_endpoint: str) -> None:
+def test_a_broken_end_metres_long_is_one_event_with_its_full_length(
+    tmp_path: Path, loopback_endpoint: str
+) -> None:
     fields = {"fabric": "plain_gray", "seed": 910_011, "length_m": 4.5, "defects_per_m": 0.0}
     place = {"class_name": "broken_end", "y0_line": 3_000, "x_center_px": 900, "length_mm": 3_500}
     defects, source = _run_into_sub(tmp_path, loopback_endpoint, fields, place)
     t = source.placed  # type: ignore[attr-defined]
-    ends = [e for e in defects if e["class"] == "broken_end" and e["bbox_px"][0] <= t.x1_px and e["bbox_px"][2] >= t.x0_px]
+    ends = [
+        e
+        for e in defects
+        if e["class"] == "broken_end" and e["bbox_px"][0] <= t.x1_px and e["bbox_px"][2] >= t.x0_px
+    ]
     assert len(ends) == 1, ends
     _, y0, _, y1 = ends[0]["bbox_px"]
     true_len = t.y1_line - t.y0_line

@@ -71,8 +71,12 @@ def test_nothing_to_review_still_writes_a_sheet_that_says_so(tmp_path: Path) -> 
 
 def test_a_full_sheet_keeps_room_for_false_alarms_when_misses_abound(tmp_path: Path) -> None:
     roll = _roll()
-    many_misses = RollResult(7, "plain_gray", 1.0, roll.truth, [roll.reported[-1]], [{"score": 0.4}], 0.0, roll.source_config)
-    items = write_review_sheet([many_misses], DEFECT_CLASSES, tmp_path / "s.png", max_items=2, columns=2, cell_px=120)
+    many_misses = RollResult(
+        7, "plain_gray", 1.0, roll.truth, [roll.reported[-1]], [{"score": 0.4}], 0.0, roll.source_config
+    )
+    items = write_review_sheet(
+        [many_misses], DEFECT_CLASSES, tmp_path / "s.png", max_items=2, columns=2, cell_px=120
+    )
     assert sum(it.kind == "MISS" for it in items) >= 3
     sheet = cv2.imread(str(tmp_path / "s.png"))
     # one miss (green) and the false alarm (red) are both on the two-cell sheet
