@@ -79,6 +79,7 @@ def test_a_full_sheet_keeps_room_for_false_alarms_when_misses_abound(tmp_path: P
     )
     assert sum(it.kind == "MISS" for it in items) >= 3
     sheet = cv2.imread(str(tmp_path / "s.png"))
+    assert sheet is not None
     # one miss (green) and the false alarm (red) are both on the two-cell sheet
     assert (np.abs(sheet[:120, :120].astype(int) - TRUE_BGR).sum(axis=2) == 0).sum() > 10
     assert (np.abs(sheet[:120, 120:].astype(int) - REPORTED_BGR).sum(axis=2) == 0).sum() > 10

@@ -24,8 +24,8 @@ def test_the_threshold_lands_between_the_false_alarms_and_the_true_defects() -> 
 
 def test_rolls_are_scored_apart_and_add_up() -> None:
     # the same place on two rolls: a report on roll 2 must not find roll 1's defect
-    roll1 = ([_box("stain", 0, 0)], [], [])
-    roll2 = ([], [_box("stain", 0, 0)], [0.9])
+    roll1: tuple[list[ScoredBox], list[ScoredBox], list[float]] = ([_box("stain", 0, 0)], [], [])
+    roll2: tuple[list[ScoredBox], list[ScoredBox], list[float]] = ([], [_box("stain", 0, 0)], [0.9])
     chosen = choose_thresholds([roll1, roll2], ["stain"], {"stain": 0.5})["stain"]
     assert chosen.n_truth == 1 and not chosen.tuned  # F1 is 0 at every threshold
 
