@@ -61,8 +61,10 @@ def test_random_boxes_match_a_brute_force_reference(streak_gaps: bool) -> None:
         wh = rng.uniform(2, 60, (n, 2))
         xyxy = np.concatenate([xy, xy + wh], axis=1)
         cls = rng.integers(0, 4, n)
-        kw = {"class_gap_x": gap_x_of, "class_gap_y": gap_y_of} if streak_gaps else {}
-        got = join_labels(xyxy, cls, gap_x=5, gap_y=5, cross_class_ios=None, **kw)
+        got = join_labels(
+            xyxy, cls, gap_x=5, gap_y=5, cross_class_ios=None,
+            class_gap_x=gap_x_of if streak_gaps else None, class_gap_y=gap_y_of if streak_gaps else None,
+        )  # fmt: skip
         # brute force union-find with the same pair rule
         parent = list(range(n))
 
