@@ -125,13 +125,14 @@ def write_review_sheet(
     if not shown:
         cv2.putText(sheet, "nothing to review: no miss, false alarm or duplicate", (8, cell_px // 2),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.6, (230, 230, 230), 1, cv2.LINE_AA)  # fmt: skip
-    webs: dict[int, np.ndarray] = {}
-    for n, item in enumerate(shown):
+    # render each roll once (and hold one web at a time), placing its items where the order puts them
+    web, rendered = np.zeros((1, 1, 3), np.uint8), -1
+    for n, item in sorted(enumerate(shown), key=lambda pair: pair[1].roll_index):
         roll = rolls[item.roll_index]
-        if item.roll_index not in webs:
-            webs = {item.roll_index: _render_roll(roll)}  # keep only the latest web in memory
+        if item.roll_index != rendered:
+            web, rendered = _render_roll(roll), item.roll_index
         cell = _cell(
-            webs[item.roll_index],
+            web,
             item,
             roll,
             cell_px=cell_px,

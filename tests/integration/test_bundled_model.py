@@ -23,6 +23,7 @@ import zmq
 from runtime.config import parse_config
 from runtime.daemon.app import Daemon
 from runtime.scoring import ScoredBox, score_defects
+from runtime.sim.loom import TruthDefect
 from runtime.sources.synthetic import SyntheticSource
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 def _run_into_sub(
     tmp_path: Path, endpoint: str, source_fields: dict[str, Any], place: dict[str, Any] | None = None
-) -> tuple[list[dict[str, Any]], SyntheticSource]:
+) -> tuple[list[dict[str, Any]], SyntheticSource, TruthDefect | None]:
     config = parse_config(
         {
             "line_id": "e2e",
@@ -75,16 +76,14 @@ def _run_into_sub(
     assert all(n > 0 for e, n in received if e["kind"] == "defect"), (
         "every defect event carries its JPEG crop"
     )
-    if placed is not None:
-        source.placed = placed  # type: ignore[attr-defined]
-    return defects, source
+    return defects, source, placed
 
 
 def test_loud_defects_on_a_fresh_roll_reach_the_subscriber_once_each(
     tmp_path: Path, loopback_endpoint: str
 ) -> None:
     fields = {"fabric": "plain_gray", "seed": 910_001, "length_m": 6.0, "defects_per_m": 3.0}
-    defects, source = _run_into_sub(tmp_path, loopback_endpoint, fields)
+    defects, source, _ = _run_into_sub(tmp_path, loopback_endpoint, fields)
     truth = [ScoredBox(t.class_name, t.x0_px, t.y0_line, t.x1_px, t.y1_line) for t in source.truth]
     reported = [ScoredBox(e["class"], *e["bbox_px"]) for e in defects]
     scores = score_defects(truth, reported, classes=None)
@@ -108,8 +107,8 @@ def test_a_broken_end_metres_long_is_one_event_with_its_full_length(
 ) -> None:
     fields = {"fabric": "plain_gray", "seed": 910_011, "length_m": 4.5, "defects_per_m": 0.0}
     place = {"class_name": "broken_end", "y0_line": 3_000, "x_center_px": 900, "length_mm": 3_500}
-    defects, source = _run_into_sub(tmp_path, loopback_endpoint, fields, place)
-    t = source.placed  # type: ignore[attr-defined]
+    defects, _, t = _run_into_sub(tmp_path, loopback_endpoint, fields, place)
+    assert t is not None
     ends = [
         e
         for e in defects

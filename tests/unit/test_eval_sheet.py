@@ -29,8 +29,8 @@ def _roll() -> RollResult:
     dup = ScoredBox(first.class_name, first.x0 + 1, first.y0 + 1, first.x1 - 1, first.y1 - 1)
     false = ScoredBox("hole", 5, 9_000, 40, 9_030)  # nothing there on this roll
     assert all(t.y1 < 9_000 or t.y0 > 9_030 or t.x0 > 40 for t in truth)
-    reported = [*truth[1:], first, dup, false]  # truth[0] found twice; the last report is false
-    reported = [r for r in reported if r is not truth[1]]  # truth[1] missed
+    # truth[0] reported twice (the second a duplicate), truth[1] missed, the last report false
+    reported = [first, *truth[2:], dup, false]
     events = [{"score": 0.5 + 0.01 * i} for i in range(len(reported))]
     return RollResult(7, "plain_gray", 1.0, truth, reported, events, 0.0, config)
 
