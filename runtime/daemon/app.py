@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
+
 from runtime.assembler import WebAssembler
 from runtime.config import DEFAULT_ACROSS_WEB_GAP_MM, DEFAULT_ALONG_WEB_GAP_MM, LoomsightConfig
 from runtime.daemon.inspector import StripInspector, StripResult
@@ -258,7 +260,12 @@ class Daemon:
                 roll_id=self.roll_id,
                 advance_lines_per_frame=advance,
             ),
-            inspector=StripInspector(detector, pre, batch_size=cfg.model.batch_size),
+            inspector=StripInspector(
+                detector,
+                pre,
+                batch_size=cfg.model.batch_size,
+                edge_mask_px=_edge_mask_px(cfg, detector.manifest),
+            ),
             reporter=self._reporter(self.roll_id, detector, geometry),
             strip_queue=cfg.queues.strips,
             result_queue=cfg.queues.batches,
@@ -402,4 +409,19 @@ def _class_gaps(gaps_mm: dict[str, float], direction: str, manifest: ModelManife
                 f"merge.{direction}_web_gap_mm names class {name!r}, which model {manifest.name!r} does "
                 f"not have; its classes are {', '.join(manifest.classes)}"
             )
+    return out
+
+
+def _edge_mask_px(cfg: LoomsightConfig, manifest: ModelManifest) -> np.ndarray | None:
+    """web.edge_mask_mm as model pixels per class id (None: no mask); an unknown class is an error."""
+    if not any(mm > 0 for mm in cfg.web.edge_mask_mm.values()):
+        return None
+    out = np.zeros(len(manifest.classes), np.float64)
+    for name, mm in cfg.web.edge_mask_mm.items():
+        if name not in manifest.classes:
+            raise ConfigError(
+                f"web.edge_mask_mm names class {name!r}, which model {manifest.name!r} does not have; "
+                f"its classes are {', '.join(manifest.classes)}"
+            )
+        out[manifest.classes.index(name)] = mm / manifest.mm_per_px
     return out

@@ -6,7 +6,7 @@ This is the code path production uses; `loomsight eval` and `loomsight bench pip
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from runtime.detections import Detections
 from runtime.frame import Strip
 from runtime.preprocess import ModelView, Preprocessor
 from runtime.tiler import Tiler
+from runtime.web_edges import WebEdges, WebEdgeTracker, find_web_edges
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,29 @@ class StripResult:
     tiles: int
     infer_s: float
     prep_s: float
+    edges: WebEdges = field(default_factory=lambda: WebEdges(None, None))  # fabric edges, camera columns
+    edge_masked: dict[int, int] = field(default_factory=dict)  # class id -> boxes dropped by the edge mask
 
 
 class StripInspector:
-    def __init__(self, detector: Detector, preprocessor: Preprocessor, *, batch_size: int) -> None:
+    """`edge_mask_px[class_id]`: drop that class's boxes whose centre lies within this many model
+    pixels inside a seen web edge, or beyond it (0 = no mask; see runtime/web_edges.py)."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        preprocessor: Preprocessor,
+        *,
+        batch_size: int,
+        edge_mask_px: np.ndarray | None = None,
+    ) -> None:
         spec = detector.manifest.tile
         self.detector = detector
         self.preprocessor = preprocessor
         self.tiler = Tiler(spec.size_px, spec.overlap_px)
         self.batch_size = batch_size
+        self.edge_mask_px = edge_mask_px
+        self.edges = WebEdgeTracker()
 
     def inspect(self, strip: Strip) -> StripResult:
         t0 = time.perf_counter()
@@ -60,13 +75,37 @@ class StripInspector:
         xyxy = merged.xyxy.astype(np.float64)
         xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, w)
         xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, h)
+        class_id = merged.class_id.astype(np.int64)
+        score = merged.score.astype(np.float64)
+        edges = self.edges.update(find_web_edges(view.pixels))
+        masked: dict[int, int] = {}
+        if self.edge_mask_px is not None and len(class_id):
+            drop = in_edge_zone(xyxy, class_id, edges, self.edge_mask_px)
+            if drop.any():
+                ids, counts = np.unique(class_id[drop], return_counts=True)
+                masked = {int(i): int(c) for i, c in zip(ids, counts, strict=True)}
+                xyxy, class_id, score = xyxy[~drop], class_id[~drop], score[~drop]
         return StripResult(
             strip=strip,
             view=view,
             xyxy=view.to_web(xyxy),
-            class_id=merged.class_id.astype(np.int64),
-            score=merged.score.astype(np.float64),
+            class_id=class_id,
+            score=score,
             tiles=len(windows),
             infer_s=t2 - t1,
             prep_s=t1 - t0,
+            edges=edges.scaled(1.0 / view.scale_x),
+            edge_masked=masked,
         )
+
+
+def in_edge_zone(xyxy: np.ndarray, class_id: np.ndarray, edges: WebEdges, mask_px: np.ndarray) -> np.ndarray:
+    """Boxes whose class has a mask and whose centre lies within that mask inside a seen edge (or beyond)."""
+    cx = 0.5 * (xyxy[:, 0] + xyxy[:, 2])
+    margin = mask_px[class_id]
+    drop = np.zeros(len(cx), bool)
+    if edges.left_px is not None:
+        drop |= cx < edges.left_px + margin
+    if edges.right_px is not None:
+        drop |= cx > edges.right_px - margin
+    return drop & (margin > 0)

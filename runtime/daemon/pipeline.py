@@ -156,6 +156,8 @@ class Pipeline:
             "open_defects": len(self.reporter.merger.open_defects),
             "inspected_m": round(self.reporter.inspected_mm / 1000.0, 3),
             "defects_by_class": dict(self.reporter.stats.defects),
+            "edge_masked": dict(self.reporter.stats.edge_masked),
+            "web_edges_mm": self.reporter.web_edges_mm(),
         }
 
     def run_reporting(self, on_result: Callable[[StripResult], None] | None = None) -> None:

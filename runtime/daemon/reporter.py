@@ -19,6 +19,7 @@ import numpy as np
 from runtime.daemon.inspector import StripResult
 from runtime.grade import RollGrader, StopDecision
 from runtime.merge import Defect, Merger
+from runtime.web_edges import WebEdges
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class _Best:
 @dataclass
 class ReporterStats:
     defects: Counter[str] = field(default_factory=Counter)
+    edge_masked: Counter[str] = field(default_factory=Counter)  # boxes dropped by web.edge_mask_mm
     stops: int = 0
     strips: int = 0
     last_line: int = 0
@@ -92,6 +94,7 @@ class DefectReporter:
         self.stats = ReporterStats()
         self._best: dict[int, _Best] = {}
         self._roll_line0: int | None = None
+        self.edges = WebEdges(None, None)  # latest tracked fabric edges, camera columns
 
     # -- geometry -----------------------------------------------------------------------------
     @property
@@ -105,7 +108,7 @@ class DefectReporter:
         w_mm = g.x_mm(d.x1) - g.x_mm(d.x0)
         h_mm = (d.y1 - d.y0) * g.mm_per_line
         name = self.classes[d.class_id]
-        return {
+        out: dict[str, Any] = {
             "defect_id": f"{self.roll_id}-{d.defect_id}",
             "class": name,
             "score": round(d.score, 4),
@@ -117,6 +120,17 @@ class DefectReporter:
             "hits": d.hits,
             "model": self.model_name,
         }
+        if self.edges.left_px is not None:
+            # QA measures across from the fabric's own edge, not from the camera's first pixel
+            out["x_from_edge_mm"] = round(g.x_mm(d.x0) - g.x_mm(self.edges.left_px), 2)
+        return out
+
+    def web_edges_mm(self) -> list[float | None]:
+        """[left, right] fabric edge in mm across the camera line (None: the camera does not see past it)."""
+        return [
+            None if e is None else round(self.geometry.x_mm(e), 1)
+            for e in (self.edges.left_px, self.edges.right_px)
+        ]
 
     # -- per strip ----------------------------------------------------------------------------
     def start_roll(self, roll_line0: int = 0, **fields: Any) -> None:
@@ -131,6 +145,9 @@ class DefectReporter:
             self.start_roll(strip.line0)
         self.stats.strips += 1
         self.stats.last_line = max(self.stats.last_line, strip.line_end)
+        self.edges = result.edges
+        for cid, n in result.edge_masked.items():
+            self.stats.edge_masked[self.classes[cid]] += n
         next_line0 = strip.line_end - strip.overlap_lines
         closed = self.merger.update(
             result.xyxy, result.class_id, result.score, strip_seq=strip.seq, next_line0=next_line0

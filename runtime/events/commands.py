@@ -17,7 +17,7 @@ from runtime.errors import ConfigError
 if TYPE_CHECKING:
     from runtime.events.schema import Event
 
-_DEFECT_KEYS = ("class", "score", "x_mm", "y_mm", "w_mm", "h_mm", "points", "defect_id")
+_DEFECT_KEYS = ("class", "score", "x_mm", "x_from_edge_mm", "y_mm", "w_mm", "h_mm", "points", "defect_id")
 _SKIP_KEYS = ("schema", "kind", "seq", "epoch", "ts", "line_id", "roll_id")
 
 

@@ -62,7 +62,9 @@ def test_defect_event_fields_crop_and_hole_stop() -> None:
     assert (d["x_mm"], d["y_mm"], d["w_mm"], d["h_mm"]) == (10.0, 20.0, 5.0, 6.0)
     assert d["points"] == 2 and d["defect_id"] == "r1-1"
     crop = next(c for k, _, c in pub.events if k == "defect")
-    assert crop is not None and cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_UNCHANGED).max() > 100
+    assert crop is not None
+    image = cv2.imdecode(np.frombuffer(crop, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None and image.max() > 100
     stops = pub.of_kind("stop")
     assert len(stops) == 1 and stops[0]["reason"] == "class" and stops[0]["defect_id"] == "r1-1"
     assert pub.of_kind("roll")[0]["state"] == "start"
