@@ -240,12 +240,12 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tune_run(args: argparse.Namespace) -> int:
-    from offline_train.web_tune import format_tuning, tune_bundle
+    from offline_train.web_tune import format_edge_masks, format_tuning, tune_bundle
     from runtime.detect.bundle import load_bundle
 
     fabrics = _fabrics(args.fabrics)
     previous = dict(load_bundle(args.bundle).manifest.thresholds)
-    chosen = tune_bundle(
+    result = tune_bundle(
         args.bundle,
         seeds=[args.seed + i for i in range(args.rolls)],
         fabrics=fabrics,
@@ -256,11 +256,12 @@ def _tune_run(args: argparse.Namespace) -> int:
         write=not args.dry_run,
         progress=lambda m: print(m, file=sys.stderr, flush=True),
     )
-    print(format_tuning(chosen, previous))
+    print(format_tuning(result.thresholds, previous))
+    print(format_edge_masks(result.edge_masks))
     print(
         "dry run: the bundle is unchanged"
         if args.dry_run
-        else f"thresholds written to {args.bundle / 'manifest.json'}"
+        else f"thresholds and edge masks written to {args.bundle / 'manifest.json'}"
     )
     return 0
 

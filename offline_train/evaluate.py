@@ -61,6 +61,7 @@ class RollResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     tiles_per_s: float = 0.0
     source_config: Any = None  # the SyntheticSourceConfig it ran with: the web can be rendered again
+    edges_px: tuple[float | None, float | None] = (None, None)  # fabric edges tracked at the end, camera px
 
     @property
     def mm_per_line(self) -> float:
@@ -78,7 +79,9 @@ def run_roll(
     batch_size: int = 8,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     detector: Any = None,
+    edge_mask_mm: dict[str, float] | None = None,
 ) -> RollResult:
+    """One synthetic roll through the daemon. `edge_mask_mm`: None = the bundle's own, {} = none."""
     from runtime.config import parse_config
     from runtime.daemon.app import Daemon
     from runtime.sources.synthetic import SyntheticSource
@@ -104,6 +107,7 @@ def run_roll(
                 "warmup_runs": 0,
             },
             "publish": {"jpeg_crops": False},
+            "web": {"edge_mask_mm": edge_mask_mm},
         },
         source="eval",
     )
@@ -115,9 +119,11 @@ def run_roll(
     truth = [ScoredBox(d.class_name, d.x0_px, d.y0_line, d.x1_px, d.y1_line) for d in source.truth]
     defects = publisher.of_kind("defect")
     reported = [ScoredBox(e["class"], *e["bbox_px"]) for e in defects]
+    mm_per_px = config.source.synthetic.mm_per_px
+    edges = tuple(None if e is None else e / mm_per_px for e in status.get("web_edges_mm", [None, None]))
     return RollResult(
         seed, fabric, length_m, truth, reported, defects, float(status.get("tiles_per_s_mean", 0.0)),
-        config.source.synthetic,
+        config.source.synthetic, (edges[0], edges[1]),
     )  # fmt: skip
 
 
@@ -136,13 +142,14 @@ def run_rolls(
     defects_per_m: float = 2.0,
     batch_size: int = 8,
     on_roll: Callable[[int, RollResult], None] | None = None,
+    edge_mask_mm: dict[str, float] | None = None,
 ) -> list[RollResult]:
     """One synthetic roll per seed (fabrics in turn) through the daemon with one open detector."""
     rolls: list[RollResult] = []
     for i, seed in enumerate(seeds):
         r = run_roll(
             bundle, seed=seed, fabric=fabrics[i % len(fabrics)], length_m=length_m, width_px=width_px,
-            defects_per_m=defects_per_m, batch_size=batch_size, detector=detector,
+            defects_per_m=defects_per_m, batch_size=batch_size, detector=detector, edge_mask_mm=edge_mask_mm,
         )  # fmt: skip
         rolls.append(r)
         if on_roll:

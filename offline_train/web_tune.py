@@ -12,9 +12,14 @@ its threshold, raised to the lowest one that silences its false alarms when ther
 The low-threshold run merges slightly differently from a run at the chosen thresholds (more boxes
 can join); `loomsight eval` on other seeds is the measurement that counts.
 
+Then, at those thresholds, each class may get an edge mask (`choose_edge_masks`): the narrowest
+zone inside the tracked web edges whose reports, dropped, raise the class's web-level F1 by at
+least 0.01. It is for a model that reads the selvedge's border as a defect (broken ends along
+it); the runtime applies it before merging (runtime/web_edges.py) unless the config overrides it.
+
 Use tuning seeds that neither training nor evaluation uses (default 800001.., training webs
 use seeds < 10,000, `eval` defaults to 900001..). The result goes into the bundle's manifest
-(`thresholds`, and `metrics.web_threshold_tuning` with the sweep's figures); model files and
+(`thresholds`, `edge_mask_mm`, and `metrics.web_threshold_tuning` with the sweeps' figures); model files and
 their sha256 are untouched.
 """
 
@@ -35,6 +40,7 @@ from runtime.scoring import ScoredBox, score_defects
 log = logging.getLogger(__name__)
 
 GRID = np.round(np.arange(0.20, 0.951, 0.05), 2)  # the run's floor is the first value
+EDGE_MASK_GRID_MM = np.arange(0.0, 20.01, 1.0)
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,95 @@ def choose_thresholds(
     return out
 
 
+@dataclass(frozen=True)
+class EdgeMaskTuning:
+    class_name: str
+    mask_mm: float
+    f1_without: float
+    f1_with: float
+    dropped_true: int  # reports of true defects the mask drops on the tuning rolls
+    dropped_false: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mask_mm": self.mask_mm,
+            "f1_without": round(self.f1_without, 4),
+            "f1_with": round(self.f1_with, 4),
+            "dropped_true": self.dropped_true,
+            "dropped_false": self.dropped_false,
+        }
+
+
+def choose_edge_masks(
+    rolls: Sequence[tuple[list[ScoredBox], list[ScoredBox], list[float], tuple[float | None, float | None]]],
+    thresholds: dict[str, float],
+    *,
+    mm_per_px: float,
+    grid_mm: np.ndarray = EDGE_MASK_GRID_MM,
+    min_gain: float = 0.01,
+) -> dict[str, EdgeMaskTuning]:
+    """Per class, the narrowest zone inside the web edges whose reports, dropped, give the best
+    web-level F1 (at the class's threshold) over `rolls` of (truth, reported, scores, edges px).
+
+    A class gets a mask only when it raises F1 by at least `min_gain`: the zone costs every true
+    defect that lies in it, on every roll to come. Sides where an edge was not seen are not masked.
+    """
+    out: dict[str, EdgeMaskTuning] = {}
+    for c, thr in thresholds.items():
+        f1 = np.zeros(len(grid_mm))
+        dropped = np.zeros((len(grid_mm), 2), np.int64)  # (true, false)
+        tp_n = np.zeros(len(grid_mm))
+        found_n = np.zeros(len(grid_mm))
+        rep_n = np.zeros(len(grid_mm))
+        n_truth = 0
+        for truth, reported, scores, (left, right) in rolls:
+            t_c = [t for t in truth if t.class_name == c]
+            n_truth += len(t_c)
+            kept = [r for r, s in zip(reported, scores, strict=True) if r.class_name == c and s >= thr]
+            if not kept and not t_c:
+                continue
+            cx = np.array([0.5 * (r.x0 + r.x1) for r in kept])
+            full = score_defects(t_c, kept, classes=[c])[c]
+            for k, w_mm in enumerate(grid_mm):
+                w_px = w_mm / mm_per_px
+                inside = np.zeros(len(kept), bool)
+                if left is not None:
+                    inside |= cx < left + w_px
+                if right is not None:
+                    inside |= cx > right - w_px
+                if w_mm == 0:
+                    inside[:] = False
+                rest = [r for r, drop in zip(kept, inside, strict=True) if not drop]
+                sc = score_defects(t_c, rest, classes=[c])[c]
+                tp_n[k] += sc.true_positives
+                found_n[k] += sc.found
+                rep_n[k] += sc.n_reported
+                dropped[k] += (
+                    full.true_positives - sc.true_positives,
+                    int(inside.sum()) - (full.true_positives - sc.true_positives),
+                )
+        if n_truth == 0:
+            continue
+        precision = np.divide(tp_n, rep_n, out=np.zeros_like(tp_n), where=rep_n > 0)
+        recall = found_n / n_truth
+        denom = precision + recall
+        f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp_n), where=denom > 0)
+        k = int(np.flatnonzero(f1 >= f1.max() - 1e-9)[0])
+        if f1[k] < f1[0] + min_gain:
+            k = 0
+        if k > 0:
+            out[c] = EdgeMaskTuning(
+                c, float(grid_mm[k]), float(f1[0]), float(f1[k]), int(dropped[k, 0]), int(dropped[k, 1])
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    thresholds: dict[str, WebTuning]
+    edge_masks: dict[str, EdgeMaskTuning]
+
+
 def tune_bundle(
     bundle: Path,
     *,
@@ -112,8 +207,9 @@ def tune_bundle(
     batch_size: int = 8,
     write: bool = True,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, WebTuning]:
-    """Run the tuning rolls, choose thresholds, and (with `write`) put them in the manifest."""
+) -> TuneResult:
+    """Run the tuning rolls (no edge mask), choose thresholds, then edge masks at those
+    thresholds, and (with `write`) put both in the manifest."""
     from offline_train.evaluate import RollResult, run_rolls
     from runtime.config import ModelConfig
     from runtime.detect.bundle import load_bundle, open_detector
@@ -132,13 +228,19 @@ def tune_bundle(
 
     results = run_rolls(
         bundle, detector, seeds=seeds, fabrics=fabrics, length_m=length_m, width_px=width_px,
-        defects_per_m=defects_per_m, batch_size=batch_size, on_roll=report_roll,
+        defects_per_m=defects_per_m, batch_size=batch_size, on_roll=report_roll, edge_mask_mm={},
     )  # fmt: skip
     rolls = [(r.truth, r.reported, [float(e["score"]) for e in r.events]) for r in results]
     chosen = choose_thresholds(rolls, manifest.classes, dict(manifest.thresholds))
+    masks = choose_edge_masks(
+        [(*roll, r.edges_px) for roll, r in zip(rolls, results, strict=True)],
+        {c: t.threshold for c, t in chosen.items() if t.tuned},
+        mm_per_px=results[0].source_config.mm_per_px if results else 0.1,
+    )
     if write:
         fields = manifest.model_dump(mode="json", by_alias=True)
         fields["thresholds"] = {c: t.threshold for c, t in chosen.items()}
+        fields["edge_mask_mm"] = {c: m.mask_mm for c, m in masks.items()}
         fields.setdefault("metrics", {})["web_threshold_tuning"] = {
             "seeds": [int(s) for s in seeds],
             "fabrics": list(fabrics),
@@ -146,9 +248,11 @@ def tune_bundle(
             "defects_per_m": defects_per_m,
             "previous_thresholds": dict(manifest.thresholds),
             "classes": {c: t.as_dict() for c, t in chosen.items()},
+            "previous_edge_mask_mm": dict(manifest.edge_mask_mm),
+            "edge_mask": {c: m.as_dict() for c, m in masks.items()},
         }
         _write_manifest(bundle, fields)
-    return chosen
+    return TuneResult(chosen, masks)
 
 
 def _write_manifest(bundle: Path, fields: dict[str, Any]) -> None:
@@ -183,5 +287,16 @@ def format_tuning(chosen: dict[str, WebTuning], previous: dict[str, float]) -> s
                 if t.tuned
                 else "  (not tuned: no true defect found; kept, or raised to silence false alarms)"
             )
+        )
+    return "\n".join(lines)
+
+
+def format_edge_masks(masks: dict[str, EdgeMaskTuning]) -> str:
+    if not masks:
+        return "edge masks: none (no class's F1 rises by masking the zone inside the web edges)"
+    lines = ["edge mask        zone_mm  f1_without  f1_with  dropped_true  dropped_false"]
+    for c, m in masks.items():
+        lines.append(
+            f"{c:15s} {m.mask_mm:8.1f} {m.f1_without:11.3f} {m.f1_with:8.3f} {m.dropped_true:13d} {m.dropped_false:14d}"
         )
     return "\n".join(lines)

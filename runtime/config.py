@@ -127,16 +127,19 @@ class ModelConfig(StrictModel):
 class WebConfig(StrictModel):
     strip_lines: int = Field(1024, ge=16, description="new camera lines per strip")
     overlap_lines: int = Field(128, ge=0, description="lines repeated from the previous strip")
-    edge_mask_mm: dict[str, float] = Field(
-        default_factory=dict,
+    edge_mask_mm: dict[str, float] | None = Field(
+        None,
         description="class -> width of the zone inside each tracked web edge where that class's detections "
         "are dropped (counted in status as edge_masked): the selvedge's border can read as a broken end. "
-        "Only sides where the camera sees past the fabric are masked",
+        "Only sides where the camera sees past the fabric are masked. None: the model bundle's own "
+        "(manifest edge_mask_mm, chosen by `loomsight tune`); {} : no mask",
     )
 
     @field_validator("edge_mask_mm")
     @classmethod
-    def _non_negative_mask(cls, mask: dict[str, float]) -> dict[str, float]:
+    def _non_negative_mask(cls, mask: dict[str, float] | None) -> dict[str, float] | None:
+        if mask is None:
+            return None
         bad = {k: v for k, v in mask.items() if not v >= 0}
         if bad:
             raise ValueError(f"edge mask widths must be >= 0 mm, got {bad}")

@@ -413,11 +413,15 @@ def _class_gaps(gaps_mm: dict[str, float], direction: str, manifest: ModelManife
 
 
 def _edge_mask_px(cfg: LoomsightConfig, manifest: ModelManifest) -> np.ndarray | None:
-    """web.edge_mask_mm as model pixels per class id (None: no mask); an unknown class is an error."""
-    if not any(mm > 0 for mm in cfg.web.edge_mask_mm.values()):
+    """web.edge_mask_mm (or, when the config leaves it unset, the bundle's own) as model pixels per
+    class id; None when nothing is masked. A configured class the model lacks is an error."""
+    mask_mm = cfg.web.edge_mask_mm if cfg.web.edge_mask_mm is not None else manifest.edge_mask_mm
+    if not any(mm > 0 for mm in mask_mm.values()):
         return None
+    origin = "web.edge_mask_mm" if cfg.web.edge_mask_mm is not None else f"model {manifest.name}"
+    log.info("edge mask (%s): %s", origin, ", ".join(f"{c} {mm:g} mm" for c, mm in mask_mm.items()))
     out = np.zeros(len(manifest.classes), np.float64)
-    for name, mm in cfg.web.edge_mask_mm.items():
+    for name, mm in mask_mm.items():
         if name not in manifest.classes:
             raise ConfigError(
                 f"web.edge_mask_mm names class {name!r}, which model {manifest.name!r} does not have; "

@@ -74,6 +74,11 @@ class ModelManifest(_Strict):
     mm_per_px: float = Field(gt=0, description="web resolution the model was trained at")
     tile: TileSpec
     thresholds: dict[str, float]
+    edge_mask_mm: dict[str, float] = Field(
+        default_factory=dict,
+        description="class -> zone inside each web edge where this model's detections of it are not trusted "
+        "(chosen by `loomsight tune`; the config's web.edge_mask_mm overrides it)",
+    )
     onnx_opset: int = Field(ge=7, le=18)
     sha256: dict[str, str] = Field(description="file name -> hex sha256 of every model file in the bundle")
     provenance: dict[str, Any] = Field(default_factory=dict)
@@ -85,9 +90,21 @@ class ModelManifest(_Strict):
     def _consistent(self) -> ModelManifest:
         unknown = sorted(set(self.thresholds) - set(self.classes))
         if unknown:
-            raise ValueError(f"thresholds name classes the model does not have: {unknown}; classes: {self.classes}")
+            raise ValueError(
+                f"thresholds name classes the model does not have: {unknown}; classes: {self.classes}"
+            )
+        unknown = sorted(set(self.edge_mask_mm) - set(self.classes))
+        if unknown:
+            raise ValueError(
+                f"edge_mask_mm names classes the model does not have: {unknown}; classes: {self.classes}"
+            )
+        negative = {c: v for c, v in self.edge_mask_mm.items() if not v >= 0}
+        if negative:
+            raise ValueError(f"edge_mask_mm widths must be >= 0 mm, got {negative}")
         if self.tile.size_px != self.input.size_px:
-            raise ValueError(f"tile.size_px ({self.tile.size_px}) must equal input.size_px ({self.input.size_px})")
+            raise ValueError(
+                f"tile.size_px ({self.tile.size_px}) must equal input.size_px ({self.input.size_px})"
+            )
         if "model.onnx" not in self.sha256:
             raise ValueError("sha256 must list model.onnx")
         return self
@@ -116,7 +133,9 @@ def read_manifest(bundle_dir: Path) -> ModelManifest:
             "made by `loomsight export`"
         )
     if not path.is_file():
-        raise ModelError(f"model bundle {bundle_dir} has no {MANIFEST_NAME}; re-export it with `loomsight export`")
+        raise ModelError(
+            f"model bundle {bundle_dir} has no {MANIFEST_NAME}; re-export it with `loomsight export`"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -132,7 +151,9 @@ def read_manifest(bundle_dir: Path) -> ModelManifest:
     try:
         return ModelManifest.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in exc.errors()
+        )
         raise ModelError(f"{path} does not match {MODEL_SCHEMA}: {problems}") from None
 
 
@@ -142,7 +163,9 @@ def verify_files(bundle_dir: Path, manifest: ModelManifest, names: list[str] | N
         expected = manifest.sha256.get(name)
         path = bundle_dir / name
         if expected is None:
-            raise ModelError(f"{path} is not listed in {MANIFEST_NAME} sha256; refusing to load an unlisted file")
+            raise ModelError(
+                f"{path} is not listed in {MANIFEST_NAME} sha256; refusing to load an unlisted file"
+            )
         if not path.is_file():
             raise ModelError(f"model bundle {bundle_dir} lacks {name} (listed in {MANIFEST_NAME})")
         actual = sha256_file(path)

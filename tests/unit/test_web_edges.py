@@ -188,3 +188,20 @@ def test_events_measure_across_from_the_fabric_edge() -> None:
     d = pub.of_kind("defect")[0]
     assert d["x_mm"] == 30.0 and d["x_from_edge_mm"] == 18.0
     assert rep.web_edges_mm() == [12.0, 95.0]
+
+
+def test_the_bundles_edge_mask_applies_unless_the_config_sets_its_own() -> None:
+    fields = {
+        "schema": "loomsight.model/1",
+        "sha256": {"model.onnx": "0" * 64},
+        **manifest_fields(classes=CLASSES, size_px=128, num_queries=5, mm_per_px=0.4),
+        "edge_mask_mm": {"broken_end": 8.0},
+    }
+    manifest = ModelManifest.model_validate(fields)
+    mask = _edge_mask_px(parse_config({}), manifest)
+    assert mask is not None and mask.tolist() == [0.0, 0.0, 20.0]  # 8 mm at 0.4 mm per model px
+    assert _edge_mask_px(parse_config({"web": {"edge_mask_mm": {}}}), manifest) is None  # off
+    mask = _edge_mask_px(parse_config({"web": {"edge_mask_mm": {"hole": 2.0}}}), manifest)
+    assert mask is not None and mask.tolist() == [5.0, 0.0, 0.0]  # the config's replaces the bundle's
+    with pytest.raises(ValueError, match="edge_mask_mm names classes the model does not have"):
+        ModelManifest.model_validate({**fields, "edge_mask_mm": {"selvage": 8.0}})

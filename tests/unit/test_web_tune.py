@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from offline_train.web_tune import choose_thresholds
+from offline_train.web_tune import choose_edge_masks, choose_thresholds
 from runtime.scoring import ScoredBox
 
 
@@ -44,3 +44,34 @@ def test_a_class_with_only_false_alarms_is_raised_to_silence_them_never_lowered(
 def test_a_class_never_seen_keeps_its_threshold() -> None:
     chosen = choose_thresholds([([], [], [])], ["float"], {"float": 0.5})["float"]
     assert chosen.threshold == 0.5 and not chosen.tuned
+
+
+def _streak(x: float, y: float) -> ScoredBox:
+    return ScoredBox("broken_end", x, y, x + 4, y + 2000)
+
+
+def test_an_edge_mask_covers_the_selvedge_false_alarms_and_stops_short_of_true_defects() -> None:
+    # web edges at camera px 100 and 1900 (0.1 mm/px); false broken ends along the selvedge's
+    # border 6 mm inside the edges, true ones from 15 mm inward
+    edges = (100.0, 1900.0)
+    rolls = []
+    for k in range(4):
+        truth = [_streak(250 + 300 * k, 0), _streak(1000, 3000)]
+        false = [_streak(158, 0), _streak(1838, 3000)]
+        reported = [*truth, *false]
+        rolls.append((truth, reported, [0.9] * len(reported), edges))
+    masks = choose_edge_masks(rolls, {"broken_end": 0.5, "hole": 0.5}, mm_per_px=0.1)
+    assert set(masks) == {"broken_end"}  # no hole reports at all: no mask for holes
+    m = masks["broken_end"]
+    assert 7.0 <= m.mask_mm < 15.0  # centres of the false ones are 6.0-6.2 mm inside
+    assert m.dropped_false == 8 and m.dropped_true == 0
+    assert m.f1_without == pytest.approx(2 * 0.5 / 1.5) and m.f1_with == 1.0
+
+
+def test_no_edge_mask_when_it_would_cost_as_many_true_defects_or_no_edge_was_seen() -> None:
+    truth = [_streak(160, 0), _streak(1000, 0)]  # a true broken end beside the selvedge
+    reported = [*truth, _streak(158, 3000)]
+    roll = (truth, reported, [0.9] * 3, (100.0, 1900.0))
+    assert choose_edge_masks([roll], {"broken_end": 0.5}, mm_per_px=0.1) == {}
+    unseen = (truth, [_streak(1000, 0), _streak(158, 3000)], [0.9] * 2, (None, None))
+    assert choose_edge_masks([unseen], {"broken_end": 0.5}, mm_per_px=0.1) == {}
