@@ -55,7 +55,7 @@ def test_viky_frames_become_defect_events_on_a_sub_socket(
             "spool": {"path": str(tmp_path / "spool.sqlite3")},
         }
     )
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")

@@ -140,7 +140,7 @@ def _run(tmp_path: Path, endpoint: str, loom: SyntheticLoom, total_lines: int) -
             "spool": {"path": str(tmp_path / "spool.sqlite3")},
         }
     )
-    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"defect.")
     sub.setsockopt(zmq.SUBSCRIBE, b"roll.")

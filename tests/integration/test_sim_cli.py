@@ -47,7 +47,11 @@ def test_sim_writes_strips_truth_and_gallery(tmp_path: Path) -> None:
     doc = json.loads((out / "truth.json").read_text())
     assert doc["lines"] == 5000 and doc["width_px"] == 640 and doc["classes"] == list(DEFECT_CLASSES)
     assert FabricSpec.from_dict(doc["fabric"]) == FABRICS["twill_3_1_gray"]
-    strips = [cv2.imread(str(out / s["file"]), cv2.IMREAD_UNCHANGED) for s in doc["strips"]]
+    strips: list[np.ndarray] = []
+    for s in doc["strips"]:
+        strip = cv2.imread(str(out / s["file"]), cv2.IMREAD_UNCHANGED)
+        assert strip is not None, s["file"]
+        strips.append(strip)
     assert [s["line0"] for s in doc["strips"]] == [0, 1200, 2400, 3600, 4800]
     assert sorted(p.name for p in out.glob("web_*.png")) == [s["file"] for s in doc["strips"]]
     web = np.concatenate(strips)
@@ -84,7 +88,7 @@ def test_sim_single_image_and_bad_fabric(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     img = cv2.imread(str(out / "web.png"), cv2.IMREAD_UNCHANGED)
-    assert img.shape == (1000, 256)
+    assert img is not None and img.shape == (1000, 256)
     assert not (out / "gallery.png").exists()
     bad = _sim("--out", str(out), "--fabric", "silk_gray", "--length-m", "0.1")
     assert bad.returncode == 2

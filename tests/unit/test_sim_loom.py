@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import pytest
@@ -17,10 +19,12 @@ WIDTH = 512
 
 def _roll(block: int, *, lines: int, fabric: str = "plain_gray", seed: int = 5, rate: float = 30.0):
     loom = SyntheticLoom(FABRICS[fabric], width_px=WIDTH, seed=seed, defects_per_m=rate, with_masks=True)
-    pixels, labels = [], []
+    pixels: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     while loom.lines_emitted < lines:
         b = loom.next_block(min(block, lines - loom.lines_emitted))
         assert b.line0 == loom.lines_emitted - b.n_lines
+        assert b.labels is not None
         pixels.append(b.pixels)
         labels.append(b.labels)
     return loom, np.concatenate(pixels), np.concatenate(labels)
@@ -105,7 +109,8 @@ def test_broken_pick_is_wide_across_and_thin_along() -> None:
 
 @pytest.mark.parametrize("cls", DEFECT_CLASSES)
 def test_every_class_renders_into_the_web(cls: str) -> None:
-    _, t, block, clean = _place(cls, **({"length_mm": 60.0} if cls == "broken_end" else {}))
+    params: dict[str, Any] = {"length_mm": 60.0} if cls == "broken_end" else {}
+    _, t, block, clean = _place(cls, **params)
     assert block.labels is not None
     mask = block.labels == t.defect_id
     assert mask.sum() >= 10
