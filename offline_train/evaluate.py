@@ -174,7 +174,8 @@ def evaluate_rolls(
     from runtime.config import ModelConfig
     from runtime.detect.bundle import load_bundle, open_detector
 
-    classes = load_bundle(bundle).manifest.classes
+    manifest = load_bundle(bundle).manifest
+    classes = manifest.classes
 
     def report_roll(i: int, r: RollResult) -> None:
         if progress:
@@ -210,6 +211,9 @@ def evaluate_rolls(
         review = {"review_sheet": {"path": str(review_sheet), "items": len(items)}}
     return {
         "bundle": str(bundle),
+        "model": manifest.name,
+        "thresholds": dict(manifest.thresholds),
+        "edge_mask_mm": dict(manifest.edge_mask_mm),
         "rolls": [
             {"seed": r.seed, "fabric": r.fabric, "length_m": r.length_m, "tiles_per_s": r.tiles_per_s}
             for r in rolls
