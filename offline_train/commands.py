@@ -74,8 +74,10 @@ def _dataset_run(args: argparse.Namespace) -> int:
     else:
         webs = folder_webs(args.clean, mm_per_px=args.camera_mm_per_px, mm_per_line=args.camera_mm_per_line)
     synths = _synthesizers(args.synth, args.mm_per_px, args.seed, args.cutpaste_per_class)
+    # every argument (and the command line as typed): enough to build the same dataset again
+    recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)}
     card = build_dataset(
-        webs, args.out, spec, synths, progress=lambda m: print(m, file=sys.stderr, flush=True)
+        webs, args.out, spec, synths, progress=lambda m: print(m, file=sys.stderr, flush=True), recipe=recipe
     )
     print(json.dumps({"out": str(args.out), "tiles": card.tiles, "sha256": card.content_sha256}))
     return 0

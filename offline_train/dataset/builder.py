@@ -57,6 +57,7 @@ class DatasetCard:
     webs: dict[str, list[str]] = field(default_factory=dict)
     content_sha256: str = ""
     created_utc: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def to_markdown(self) -> str:
         lines = [
@@ -67,6 +68,7 @@ class DatasetCard:
             f"- model resolution: {self.spec['mm_per_px']} mm/px, tiles {self.spec['tile_px']} px "
             f"(overlap {self.spec['overlap_px']} px)",
             f"- tiles: {self.tiles}",
+            *([f"- recipe: `{json.dumps(self.recipe, sort_keys=True)}`"] if self.recipe else []),
             "",
             "| class | train boxes | val boxes |",
             "|---|---:|---:|",
@@ -112,12 +114,19 @@ def build_dataset(
     *,
     progress: Callable[[str], None] | None = None,
     sheet_samples: int = 48,
+    recipe: dict[str, Any] | None = None,
 ) -> DatasetCard:
+    """Tile, label and write `webs`; `recipe` (how the webs and synthesizers were chosen, e.g. the
+    command's arguments) is recorded in the card so the dataset can be rebuilt."""
     out_dir = Path(out_dir)
     writer = DatasetWriter(out_dir, spec.classes)
     tiler = Tiler(spec.tile_px, spec.overlap_px)
     rng = np.random.default_rng(spec.seed)
-    card = DatasetCard(spec={**asdict(spec), "classes": list(spec.classes)}, webs={"train": [], "val": []})
+    card = DatasetCard(
+        spec={**asdict(spec), "classes": list(spec.classes)},
+        webs={"train": [], "val": []},
+        recipe=recipe or {},
+    )
     per_fabric: Counter[str] = Counter()
     per_source: Counter[str] = Counter()
     samples: list[tuple[np.ndarray, list[Box], str]] = []

@@ -66,6 +66,8 @@ CHAIN = textwrap.dedent(
     assert loomsight(["dataset", "--out", str(work / "ds"), "--sim-webs", "2", "--sim-length-m", "0.4",
                       "--sim-width-px", "640", "--tile-px", "128", "--overlap-px", "16", "--val-every", "2",
                       "--seed", "3"]) == 0
+    recipe = json.loads((work / "ds" / "dataset.json").read_text())["recipe"]  # enough to rebuild it
+    assert (recipe["sim_webs"], recipe["sim_length_m"], recipe["tile_px"], recipe["seed"]) == (2, 0.4, 128, 3)
     assert loomsight(["train", str(work / "ds"), "--model", "loomsight-s", "--epochs", "1", "--batch", "4",
                       "--workers", "0", "--out", str(work / "runs"), "--name", "t"]) == 0
     weights = work / "runs" / "t" / "weights" / "last.pt"
