@@ -247,12 +247,20 @@ def tune_bundle(
             "length_m": length_m,
             "defects_per_m": defects_per_m,
             "previous_thresholds": dict(manifest.thresholds),
+            # the thresholds export chose on val tiles survive any number of re-tunings
+            "export_thresholds": _export_thresholds(manifest.metrics, dict(manifest.thresholds)),
             "classes": {c: t.as_dict() for c, t in chosen.items()},
             "previous_edge_mask_mm": dict(manifest.edge_mask_mm),
             "edge_mask": {c: m.as_dict() for c, m in masks.items()},
         }
         _write_manifest(bundle, fields)
     return TuneResult(chosen, masks)
+
+
+def _export_thresholds(metrics: dict[str, Any], current: dict[str, float]) -> dict[str, float]:
+    earlier = metrics.get("web_threshold_tuning") or {}
+    found = earlier.get("export_thresholds") or earlier.get("previous_thresholds") or current
+    return dict(found)
 
 
 def _write_manifest(bundle: Path, fields: dict[str, Any]) -> None:

@@ -165,15 +165,18 @@ def test_tune_writes_web_level_thresholds_into_a_copy_of_the_bundle(tmp_path: Pa
     after = json.loads((bundle / "manifest.json").read_text())
     tuning = after["metrics"]["web_threshold_tuning"]
     assert tuning["seeds"] == [810001, 810002] and tuning["previous_thresholds"] == before["thresholds"]
+    # re-tuning never loses the thresholds export chose on validation tiles
+    earlier = before["metrics"]["web_threshold_tuning"]
+    assert tuning["export_thresholds"] == earlier.get("export_thresholds", earlier["previous_thresholds"])
+    assert after["edge_mask_mm"] == {c: m["mask_mm"] for c, m in tuning["edge_mask"].items()}
     assert set(after["thresholds"]) == set(before["classes"])
     assert all(0.0 < t < 1.0 for t in after["thresholds"].values())
     for c, figures in tuning["classes"].items():
         assert figures["threshold"] == after["thresholds"][c]
-    # only the thresholds and the record changed: the model files and their hashes did not
+    # only the thresholds, edge mask and the record changed: the model files and their hashes did not
     assert after["sha256"] == before["sha256"]
-    assert {k: v for k, v in after.items() if k not in ("thresholds", "metrics")} == {
-        k: v for k, v in before.items() if k not in ("thresholds", "metrics")
-    }
+    tuned = ("thresholds", "edge_mask_mm", "metrics")
+    assert {k: v for k, v in after.items() if k not in tuned} == {k: v for k, v in before.items() if k not in tuned}
     # the runtime loads the tuned bundle (its hash check included)
     from runtime.detect.bundle import load_bundle
 
