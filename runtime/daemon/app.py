@@ -11,6 +11,7 @@ is a clean exit. On stop: drain the queues, emit open defects and the roll summa
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -248,6 +249,12 @@ class Daemon:
             color=manifest.input.color,
             flat_field=geometry.flat_field,
         )
+        strip_lines, overlap_lines = strip_geometry(cfg, manifest, geometry.mm_per_line)
+        log.info(
+            "strips of %d new lines + %d repeated (web.strip_lines / web.overlap_lines)",
+            strip_lines,
+            overlap_lines,
+        )
         advance = cfg.source.genicam.advance_lines_per_frame if cfg.source.kind == "genicam" else None
         live = cfg.source.kind == "genicam" or (
             cfg.source.kind == "synthetic" and cfg.source.synthetic.realtime
@@ -255,8 +262,8 @@ class Daemon:
         self.pipeline = Pipeline(
             source=self._source,
             assembler=WebAssembler(
-                strip_lines=cfg.web.strip_lines,
-                overlap_lines=cfg.web.overlap_lines,
+                strip_lines=strip_lines,
+                overlap_lines=overlap_lines,
                 roll_id=self.roll_id,
                 advance_lines_per_frame=advance,
             ),
@@ -429,3 +436,30 @@ def _edge_mask_px(cfg: LoomsightConfig, manifest: ModelManifest) -> np.ndarray |
             )
         out[manifest.classes.index(name)] = mm / manifest.mm_per_px
     return out
+
+
+def strip_geometry(cfg: LoomsightConfig, manifest: ModelManifest, mm_per_line: float) -> tuple[int, int]:
+    """(new lines per strip, overlap lines) for the assembler, from the config.
+
+    `web.strip_lines = "fit"` fits the strips to the model's tiling: the tiler covers a strip with rows of tiles `stride =
+    size - overlap` apart and shifts the last row inward, so a strip of `k * stride + overlap`
+    model rows (the overlap being the lines repeated from the previous strip) costs exactly k tile
+    rows. A strip one row taller costs a whole extra, mostly redundant, row. New lines are kept a
+    model pixel short of k strides, so that resampling's rounding never adds that row.
+    """
+    scale = mm_per_line / manifest.mm_per_px  # model rows per camera line
+    stride_px = manifest.tile.size_px - manifest.tile.overlap_px
+    if cfg.web.strip_lines == "fit":
+        rows = max(1, round(1500 * scale / stride_px))
+        strip = max(16, math.floor((rows * stride_px - 1) / scale))
+    else:
+        strip = cfg.web.strip_lines
+    overlap = cfg.web.overlap_lines
+    if overlap is None:
+        overlap = min(math.ceil(manifest.tile.overlap_px / scale), strip - 1)
+    if overlap >= strip:
+        raise ConfigError(
+            f"web.overlap_lines ({overlap}) must be smaller than web.strip_lines ({strip}); "
+            "leave web.overlap_lines unset to use the model's tile overlap"
+        )
+    return strip, overlap

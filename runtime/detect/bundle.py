@@ -57,6 +57,7 @@ def open_detector(config: ModelConfig, *, bundle_path: Path | None = None) -> De
         providers=list(config.providers),
         thresholds=dict(config.thresholds),
         intra_op_threads=config.intra_op_threads,
+        intra_op_spinning=config.intra_op_spinning,
         trt_cache_dir=bundle.path / "trt_cache",
     )
     if det.static_batch is not None and det.static_batch != config.batch_size:

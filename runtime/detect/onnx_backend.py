@@ -32,6 +32,7 @@ class OnnxDetector:
         providers: list[str] | None = None,
         thresholds: dict[str, float] | None = None,
         intra_op_threads: int = 0,
+        intra_op_spinning: bool = True,
         trt_cache_dir: Path | None = None,
     ) -> None:
         import onnxruntime as ort
@@ -58,6 +59,8 @@ class OnnxDetector:
         so = ort.SessionOptions()
         if intra_op_threads:
             so.intra_op_num_threads = intra_op_threads
+        # a spinning worker keeps a core busy between inferences (ORT's default); off frees it
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if intra_op_spinning else "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self._session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=chosen)
