@@ -14,7 +14,7 @@ from runtime.detect.base import Detector
 from runtime.detections import Detections
 from runtime.frame import Strip
 from runtime.preprocess import ModelView, Preprocessor
-from runtime.tiler import Tiler
+from runtime.tiler import Tiler, TileWindow
 from runtime.web_edges import WebEdges, WebEdgeTracker, find_web_edges
 
 
@@ -32,6 +32,18 @@ class StripResult:
     prep_s: float
     edges: WebEdges = field(default_factory=lambda: WebEdges(None, None))  # fabric edges, camera columns
     edge_masked: dict[int, int] = field(default_factory=dict)  # class id -> boxes dropped by the edge mask
+
+
+@dataclass(frozen=True)
+class PreparedStrip:
+    """A strip resampled and cut into tiles, ready for the detector (made in the acquisition thread,
+    so that this work overlaps the detector's instead of preceding it)."""
+
+    strip: Strip
+    view: ModelView
+    windows: list[TileWindow]
+    tiles: np.ndarray
+    prep_s: float
 
 
 class StripInspector:
@@ -54,11 +66,17 @@ class StripInspector:
         self.edge_mask_px = edge_mask_px
         self.edges = WebEdgeTracker()
 
-    def inspect(self, strip: Strip) -> StripResult:
+    def prepare(self, strip: Strip) -> PreparedStrip:
+        """Preprocess and tile (thread-safe: it touches no state of the inspector)."""
         t0 = time.perf_counter()
         view = self.preprocessor(strip)
         windows = self.tiler.layout(view.pixels.shape[1], view.pixels.shape[0])
         tiles = self.tiler.cut(view.pixels, windows)
+        return PreparedStrip(strip, view, windows, tiles, time.perf_counter() - t0)
+
+    def inspect(self, item: Strip | PreparedStrip) -> StripResult:
+        prepared = item if isinstance(item, PreparedStrip) else self.prepare(item)
+        strip, view, windows, tiles = prepared.strip, prepared.view, prepared.windows, prepared.tiles
         t1 = time.perf_counter()
         parts: list[Detections] = []
         for start in range(0, len(windows), self.batch_size):
@@ -93,7 +111,7 @@ class StripInspector:
             score=score,
             tiles=len(windows),
             infer_s=t2 - t1,
-            prep_s=t1 - t0,
+            prep_s=prepared.prep_s,
             edges=edges.scaled(1.0 / view.scale_x),
             edge_masked=masked,
         )

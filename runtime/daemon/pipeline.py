@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.assembler import WebAssembler
-from runtime.daemon.inspector import StripInspector, StripResult
+from runtime.daemon.inspector import PreparedStrip, StripInspector, StripResult
 from runtime.daemon.reporter import DefectReporter
 from runtime.frame import Strip
 from runtime.sources.base import FrameSource
@@ -203,14 +203,29 @@ class Pipeline:
             with contextlib.suppress(queue.Full):
                 q.put_nowait(_END)
 
+    def _prepared(self, strip: Strip) -> Strip | PreparedStrip:
+        """Resample and tile here, in the acquisition thread, so it overlaps inference. A strip
+        that cannot be prepared goes on as it is: the detect thread meets the same error and
+        counts it (the daemon's one place for strip errors)."""
+        try:
+            return self.inspector.prepare(strip)
+        except Exception:
+            return strip
+
+    def _put(self, strip: Strip) -> None:
+        """A strip that is never dropped (roll ends, the last one)."""
+        self.strips.put(self._prepared(strip))
+
     def _offer(self, strip: Strip) -> None:
         self.stats.strips += 1
         if not self.drop_when_full:
-            self.strips.put(strip)
+            self.strips.put(self._prepared(strip))
             self._note_depth("strips", self.strips)
             return
         try:
-            self.strips.put_nowait(strip)
+            if self.strips.full():  # do not prepare what will be dropped
+                raise queue.Full
+            self.strips.put_nowait(self._prepared(strip))
             self._note_depth("strips", self.strips)
         except queue.Full:
             self.stats.strips_dropped += 1
@@ -252,7 +267,7 @@ class Pipeline:
                 for strip in self.assembler.push(frame):
                     self._offer(strip)
             for strip in self.assembler.flush():
-                self.strips.put(strip)  # the last strip is never dropped
+                self._put(strip)  # the last strip is never dropped
         finally:
             self.strips.put(_END)
 
@@ -262,7 +277,7 @@ class Pipeline:
         except queue.Empty:
             return
         for strip in self.assembler.start_roll(roll_id, line0=0):
-            self.strips.put(strip)  # the end of a roll is never dropped
+            self._put(strip)  # the end of a roll is never dropped
         self.strips.put(RollChange(roll_id))
 
     def _detect(self) -> None:
@@ -274,9 +289,9 @@ class Pipeline:
                 if isinstance(item, RollChange):
                     self.results.put(item)
                     continue
-                strip: Strip = item
+                strip: Strip = item.strip if isinstance(item, PreparedStrip) else item
                 try:
-                    result = self.inspector.inspect(strip)
+                    result = self.inspector.inspect(item)
                 except Exception:
                     self.stats.strip_errors += 1
                     log.exception("inspecting strip %d failed; continuing", strip.seq)

@@ -205,3 +205,26 @@ def test_the_bundles_edge_mask_applies_unless_the_config_sets_its_own() -> None:
     assert mask is not None and mask.tolist() == [5.0, 0.0, 0.0]  # the config's replaces the bundle's
     with pytest.raises(ValueError, match="edge_mask_mm names classes the model does not have"):
         ModelManifest.model_validate({**fields, "edge_mask_mm": {"selvage": 8.0}})
+
+
+def test_a_strip_prepared_in_the_acquisition_thread_gives_the_same_boxes() -> None:
+    manifest = ModelManifest.model_validate(
+        {
+            "schema": "loomsight.model/1",
+            "sha256": {"model.onnx": "0" * 64},
+            **manifest_fields(classes=CLASSES, size_px=128, num_queries=5),
+        }
+    )
+    pixels = np.full((1024, 2048), 120, np.uint8)
+    pixels[:, 1000:1008] = 0
+    strip = Strip(pixels, 0, 0, 0, "r", 0)
+
+    def inspector() -> StripInspector:
+        pre = Preprocessor(camera_mm_per_px=0.1, camera_mm_per_line=0.1, model_mm_per_px=0.4)
+        return StripInspector(_DarkColumnDetector(manifest), pre, batch_size=4)  # type: ignore[arg-type]
+
+    direct = inspector().inspect(strip)
+    ins = inspector()
+    prepared = ins.inspect(ins.prepare(strip))
+    assert len(direct.xyxy) > 0 and np.array_equal(direct.xyxy, prepared.xyxy)
+    assert direct.tiles == prepared.tiles and prepared.prep_s > 0
