@@ -89,10 +89,7 @@ def choose_thresholds(
                 found[k] += sc.found
                 n_rep[k] += sc.n_reported
         cur = float(current.get(c, 0.5))
-        precision = np.divide(tp, n_rep, out=np.zeros_like(tp), where=n_rep > 0)
-        recall = found / n_truth if n_truth else np.zeros_like(tp)
-        denom = precision + recall
-        f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+        precision, recall, f1 = _prf(tp, found, n_rep, n_truth)
         if n_truth == 0 or f1.max() <= 0:
             silent = np.flatnonzero(n_rep == 0)
             thr = max(cur, float(grid[silent[0]])) if len(silent) else cur
@@ -105,6 +102,17 @@ def choose_thresholds(
             c, float(grid[k]), float(precision[k]), float(recall[k]), float(f1[k]), n_truth, True
         )
     return out
+
+
+def _prf(
+    tp: np.ndarray, found: np.ndarray, n_reported: np.ndarray, n_truth: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Web-level precision, recall and F1 per sweep step (0 where undefined)."""
+    precision = np.divide(tp, n_reported, out=np.zeros_like(tp), where=n_reported > 0)
+    recall = found / n_truth if n_truth else np.zeros_like(tp)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return precision, recall, f1
 
 
 @dataclass(frozen=True)
@@ -140,9 +148,11 @@ def choose_edge_masks(
     A class gets a mask only when it raises F1 by at least `min_gain`: the zone costs every true
     defect that lies in it, on every roll to come. Sides where an edge was not seen are not masked.
     """
+    from runtime.daemon.inspector import in_edge_zone
+    from runtime.web_edges import WebEdges
+
     out: dict[str, EdgeMaskTuning] = {}
     for c, thr in thresholds.items():
-        f1 = np.zeros(len(grid_mm))
         dropped = np.zeros((len(grid_mm), 2), np.int64)  # (true, false)
         tp_n = np.zeros(len(grid_mm))
         found_n = np.zeros(len(grid_mm))
@@ -154,17 +164,13 @@ def choose_edge_masks(
             kept = [r for r, s in zip(reported, scores, strict=True) if r.class_name == c and s >= thr]
             if not kept and not t_c:
                 continue
-            cx = np.array([0.5 * (r.x0 + r.x1) for r in kept])
+            xyxy = np.array([[r.x0, r.y0, r.x1, r.y1] for r in kept], np.float64).reshape(-1, 4)
+            one_class = np.zeros(len(kept), np.int64)
             full = score_defects(t_c, kept, classes=[c])[c]
             for k, w_mm in enumerate(grid_mm):
-                w_px = w_mm / mm_per_px
-                inside = np.zeros(len(kept), bool)
-                if left is not None:
-                    inside |= cx < left + w_px
-                if right is not None:
-                    inside |= cx > right - w_px
-                if w_mm == 0:
-                    inside[:] = False
+                # the runtime's own rule (runtime.daemon.inspector.in_edge_zone), in camera pixels
+                mask_px = np.array([w_mm / mm_per_px])
+                inside = in_edge_zone(xyxy, one_class, WebEdges(left, right), mask_px)
                 rest = [r for r, drop in zip(kept, inside, strict=True) if not drop]
                 sc = score_defects(t_c, rest, classes=[c])[c]
                 tp_n[k] += sc.true_positives
@@ -176,10 +182,7 @@ def choose_edge_masks(
                 )
         if n_truth == 0:
             continue
-        precision = np.divide(tp_n, rep_n, out=np.zeros_like(tp_n), where=rep_n > 0)
-        recall = found_n / n_truth
-        denom = precision + recall
-        f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp_n), where=denom > 0)
+        f1 = _prf(tp_n, found_n, rep_n, n_truth)[2]
         k = int(np.flatnonzero(f1 >= f1.max() - 1e-9)[0])
         if f1[k] < f1[0] + min_gain:
             k = 0

@@ -143,13 +143,6 @@ class WebConfig(StrictModel):
         None, ge=0, description="lines repeated from the previous strip; None: the model's tile overlap"
     )
 
-    @field_validator("strip_lines")
-    @classmethod
-    def _strip_lines(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 16:
-            raise ValueError(f'web.strip_lines must be >= 16 lines or "fit", got {value}')
-        return value
-
     edge_mask_mm: dict[str, float] | None = Field(
         None,
         description="class -> width of the zone inside each tracked web edge where that class's detections "
@@ -157,6 +150,13 @@ class WebConfig(StrictModel):
         "Only sides where the camera sees past the fabric are masked. None: the model bundle's own "
         "(manifest edge_mask_mm, chosen by `loomsight tune`); {} : no mask",
     )
+
+    @field_validator("strip_lines")
+    @classmethod
+    def _strip_lines(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 16:
+            raise ValueError(f'web.strip_lines must be >= 16 lines or "fit", got {value}')
+        return value
 
     @field_validator("edge_mask_mm")
     @classmethod

@@ -30,11 +30,11 @@ class WebEdges:
     left_px: float | None
     right_px: float | None
 
-    def scaled(self, factor: float, offset: float = 0.0) -> WebEdges:
-        """The same edges in other columns: x * factor + offset."""
+    def scaled(self, factor: float) -> WebEdges:
+        """The same edges in columns `factor` times as fine."""
         return WebEdges(
-            None if self.left_px is None else self.left_px * factor + offset,
-            None if self.right_px is None else self.right_px * factor + offset,
+            None if self.left_px is None else self.left_px * factor,
+            None if self.right_px is None else self.right_px * factor,
         )
 
 
@@ -84,7 +84,7 @@ def find_web_edges(
         fabric = (textured_side & (std_side >= 2.0 * noise)) | (toward_fabric > level_step)
         run = np.convolve(fabric.astype(np.int32), np.ones(min_run_px, np.int32), mode="valid")
         starts = np.flatnonzero(run == min_run_px)
-        if len(starts) == 0 or starts[0] == 0:
+        if len(starts) == 0:
             return None
         return int(starts[0])
 
@@ -101,18 +101,12 @@ class WebEdgeTracker:
             raise ValueError(f"window = {window} must be >= 1")
         self._left: deque[float | None] = deque(maxlen=window)
         self._right: deque[float | None] = deque(maxlen=window)
-        self.current = WebEdges(None, None)
-
-    def reset(self) -> None:
-        self._left.clear()
-        self._right.clear()
-        self.current = WebEdges(None, None)
 
     def update(self, measured: WebEdges) -> WebEdges:
+        """Add one strip's measurement; the smoothed edges."""
         self._left.append(measured.left_px)
         self._right.append(measured.right_px)
-        self.current = WebEdges(_median_seen(self._left), _median_seen(self._right))
-        return self.current
+        return WebEdges(_median_seen(self._left), _median_seen(self._right))
 
 
 def _median_seen(values: deque[float | None]) -> float | None:

@@ -423,17 +423,18 @@ def _edge_mask_px(cfg: LoomsightConfig, manifest: ModelManifest) -> np.ndarray |
     """web.edge_mask_mm (or, when the config leaves it unset, the bundle's own) as model pixels per
     class id; None when nothing is masked. A configured class the model lacks is an error."""
     mask_mm = cfg.web.edge_mask_mm if cfg.web.edge_mask_mm is not None else manifest.edge_mask_mm
+    unknown = [name for name in mask_mm if name not in manifest.classes]
+    if unknown:
+        raise ConfigError(
+            f"web.edge_mask_mm names class {unknown[0]!r}, which model {manifest.name!r} does not have; "
+            f"its classes are {', '.join(manifest.classes)}"
+        )
     if not any(mm > 0 for mm in mask_mm.values()):
         return None
     origin = "web.edge_mask_mm" if cfg.web.edge_mask_mm is not None else f"model {manifest.name}"
     log.info("edge mask (%s): %s", origin, ", ".join(f"{c} {mm:g} mm" for c, mm in mask_mm.items()))
     out = np.zeros(len(manifest.classes), np.float64)
     for name, mm in mask_mm.items():
-        if name not in manifest.classes:
-            raise ConfigError(
-                f"web.edge_mask_mm names class {name!r}, which model {manifest.name!r} does not have; "
-                f"its classes are {', '.join(manifest.classes)}"
-            )
         out[manifest.classes.index(name)] = mm / manifest.mm_per_px
     return out
 

@@ -164,6 +164,8 @@ def test_edge_mask_names_must_be_model_classes_and_widths_non_negative() -> None
     )
     with pytest.raises(ConfigError, match=r"'selvage'.*hole, stain, broken_end"):
         _edge_mask_px(parse_config({"web": {"edge_mask_mm": {"selvage": 5}}}), manifest)
+    with pytest.raises(ConfigError, match="'selvage'"):  # a misspelt class is caught even with no width
+        _edge_mask_px(parse_config({"web": {"edge_mask_mm": {"selvage": 0}}}), manifest)
     with pytest.raises(ConfigError, match="edge_mask_mm"):
         parse_config({"web": {"edge_mask_mm": {"broken_end": -1}}})
     assert _edge_mask_px(parse_config({}), manifest) is None
