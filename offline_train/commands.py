@@ -145,6 +145,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="loomsight")
     p.add_argument("--patience", type=int, default=0, help="stop after this many epochs without improvement")
     p.add_argument("--lr0", type=float, default=None)
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=None,
+        help="learning-rate warm-up (default: 3 from scratch, 0 when fine-tuning from --weights)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default: every core)")
     p.add_argument("--resume", action="store_true", help="continue OUT/NAME/weights/last.pt")
@@ -168,6 +174,7 @@ def _train_run(args: argparse.Namespace) -> int:
             seed=args.seed,
             resume=args.resume,
             lr0=args.lr0,
+            warmup_epochs=args.warmup_epochs,
             threads=args.threads,
             command=" ".join(getattr(args, "command_line", [])),
         )

@@ -75,6 +75,10 @@ class TrainOptions:
     seed: int = 0
     resume: bool = False
     lr0: float | None = None
+    # Ultralytics warms up over 3 epochs with a bias learning rate of 0.1 (meant for SGD from
+    # scratch); on a fine-tune that first jolt undoes trained weights. None: 3 from scratch, 0
+    # when starting from --weights.
+    warmup_epochs: float | None = None
     threads: int | None = None  # CPU threads for torch; None = every core
     command: str = ""  # the command line, for the training record
     augment: dict[str, float] = field(default_factory=dict)
@@ -151,29 +155,7 @@ def train(opts: TrainOptions) -> TrainResult:
         _keep_threads(model, model_threads)
         if opts.weights is not None:
             model.load(str(_check_weights(Path(opts.weights))))
-        args: dict[str, Any] = {
-            "data": str(data_yaml.resolve()),
-            "epochs": opts.epochs,
-            "imgsz": int(spec["tile_px"]),
-            "batch": opts.batch,
-            "device": opts.device,
-            "workers": opts.workers,
-            "project": str(Path(opts.out).resolve()),
-            "name": opts.name,
-            "exist_ok": True,
-            "plots": False,  # plots want a font from the internet
-            "amp": opts.device != "cpu",
-            "seed": opts.seed,
-            "patience": opts.patience or opts.epochs + 1,
-            "val": True,
-            "verbose": False,
-            **DEFAULT_AUGMENT,
-            **opts.augment,
-        }
-        if opts.lr0 is not None:
-            args["lr0"] = opts.lr0
-            args["optimizer"] = "AdamW"
-        results = model.train(**args)
+        results = model.train(**ultralytics_args(opts, data_yaml, tile_px=int(spec["tile_px"])))
     trainer = model.trainer
     save_dir = Path(trainer.save_dir) if trainer is not None else run_dir
     best = save_dir / "weights" / "best.pt"
@@ -184,6 +166,39 @@ def train(opts: TrainOptions) -> TrainResult:
     return TrainResult(
         run_dir=save_dir, best=best if best.is_file() else last, last=last, sidecar=sidecar, metrics=metrics
     )
+
+
+def ultralytics_args(opts: TrainOptions, data_yaml: Path, *, tile_px: int) -> dict[str, Any]:
+    """The arguments of a new (not resumed) ultralytics training run."""
+    args: dict[str, Any] = {
+        "data": str(data_yaml.resolve()),
+        "epochs": opts.epochs,
+        "imgsz": tile_px,
+        "batch": opts.batch,
+        "device": opts.device,
+        "workers": opts.workers,
+        "project": str(Path(opts.out).resolve()),
+        "name": opts.name,
+        "exist_ok": True,
+        "plots": False,  # plots want a font from the internet
+        "amp": opts.device != "cpu",
+        "seed": opts.seed,
+        "patience": opts.patience or opts.epochs + 1,
+        "val": True,
+        "verbose": False,
+        **DEFAULT_AUGMENT,
+        **opts.augment,
+    }
+    if opts.lr0 is not None:
+        args["lr0"] = opts.lr0
+        args["optimizer"] = "AdamW"
+    warmup = opts.warmup_epochs
+    if warmup is None:
+        warmup = 0.0 if opts.weights is not None else 3.0
+    if warmup < 0:
+        raise ConfigError(f"--warmup-epochs {warmup} is negative; use 0 for no warm-up")
+    args["warmup_epochs"] = float(warmup)
+    return args
 
 
 def _use_threads(n: int) -> None:
