@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.commands import Command
+
+if TYPE_CHECKING:
+    from offline_train.evaluate import RollPlan
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
@@ -194,10 +197,15 @@ def _roll_args(p: argparse.ArgumentParser, *, rolls: int, seed: int, seed_help: 
     p.add_argument("--batch", type=int, default=8)
 
 
-def _fabrics(arg: str) -> list[str]:
+def _roll_plan(args: argparse.Namespace) -> RollPlan:
+    from offline_train.evaluate import RollPlan
     from runtime.sim.fabric import FABRICS
 
-    return sorted(FABRICS) if arg == "all" else [f.strip() for f in arg.split(",")]
+    fabrics = sorted(FABRICS) if args.fabrics == "all" else [f.strip() for f in args.fabrics.split(",")]
+    return RollPlan.consecutive(
+        args.seed, args.rolls, fabrics, args.length_m,
+        width_px=args.width_px, defects_per_m=args.defects_per_m, batch_size=args.batch,
+    )  # fmt: skip
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -218,15 +226,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 def _eval_run(args: argparse.Namespace) -> int:
     from offline_train.evaluate import evaluate_rolls, format_report, tile_map, write_report
 
-    fabrics = _fabrics(args.fabrics)
     report = evaluate_rolls(
         args.bundle,
-        seeds=[args.seed + i for i in range(args.rolls)],
-        fabrics=fabrics,
-        length_m=args.length_m,
-        width_px=args.width_px,
-        defects_per_m=args.defects_per_m,
-        batch_size=args.batch,
+        _roll_plan(args),
         progress=lambda m: print(m, file=sys.stderr, flush=True),
         review_sheet=args.review_sheet,
     )
@@ -252,16 +254,10 @@ def _tune_run(args: argparse.Namespace) -> int:
     from offline_train.web_tune import format_edge_masks, format_tuning, tune_bundle
     from runtime.detect.bundle import load_bundle
 
-    fabrics = _fabrics(args.fabrics)
     previous = dict(load_bundle(args.bundle).manifest.thresholds)
     result = tune_bundle(
         args.bundle,
-        seeds=[args.seed + i for i in range(args.rolls)],
-        fabrics=fabrics,
-        length_m=args.length_m,
-        defects_per_m=args.defects_per_m,
-        width_px=args.width_px,
-        batch_size=args.batch,
+        _roll_plan(args),
         write=not args.dry_run,
         progress=lambda m: print(m, file=sys.stderr, flush=True),
     )

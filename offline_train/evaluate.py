@@ -51,6 +51,28 @@ class CollectingPublisher:
         return [f for k, f, _ in self.events if k == kind]
 
 
+@dataclass(frozen=True)
+class RollPlan:
+    """The synthetic rolls `eval` and `tune` run through the daemon: one roll per seed, the
+    fabrics taken in turn."""
+
+    seeds: tuple[int, ...]
+    fabrics: tuple[str, ...]
+    length_m: float
+    width_px: int = 2048
+    defects_per_m: float = 2.0
+    batch_size: int = 8
+
+    @classmethod
+    def consecutive(
+        cls, first_seed: int, rolls: int, fabrics: Sequence[str], length_m: float, **kw: Any
+    ) -> RollPlan:
+        return cls(tuple(range(first_seed, first_seed + rolls)), tuple(fabrics), length_m, **kw)
+
+    def fabric(self, i: int) -> str:
+        return self.fabrics[i % len(self.fabrics)]
+
+
 @dataclass
 class RollResult:
     seed: int
@@ -134,22 +156,18 @@ def _scores_dict(scores: dict[str, ClassScore]) -> dict[str, Any]:
 def run_rolls(
     bundle: Path,
     detector: Any,
+    plan: RollPlan,
     *,
-    seeds: Sequence[int],
-    fabrics: Sequence[str],
-    length_m: float,
-    width_px: int = 2048,
-    defects_per_m: float = 2.0,
-    batch_size: int = 8,
     on_roll: Callable[[int, RollResult], None] | None = None,
     edge_mask_mm: dict[str, float] | None = None,
 ) -> list[RollResult]:
-    """One synthetic roll per seed (fabrics in turn) through the daemon with one open detector."""
+    """Every roll of `plan` through the daemon with one open detector."""
     rolls: list[RollResult] = []
-    for i, seed in enumerate(seeds):
+    for i, seed in enumerate(plan.seeds):
         r = run_roll(
-            bundle, seed=seed, fabric=fabrics[i % len(fabrics)], length_m=length_m, width_px=width_px,
-            defects_per_m=defects_per_m, batch_size=batch_size, detector=detector, edge_mask_mm=edge_mask_mm,
+            bundle, seed=seed, fabric=plan.fabric(i), length_m=plan.length_m, width_px=plan.width_px,
+            defects_per_m=plan.defects_per_m, batch_size=plan.batch_size, detector=detector,
+            edge_mask_mm=edge_mask_mm,
         )  # fmt: skip
         rolls.append(r)
         if on_roll:
@@ -159,13 +177,8 @@ def run_rolls(
 
 def evaluate_rolls(
     bundle: Path,
+    plan: RollPlan,
     *,
-    seeds: Sequence[int],
-    fabrics: Sequence[str],
-    length_m: float,
-    width_px: int = 2048,
-    defects_per_m: float = 2.0,
-    batch_size: int = 8,
     progress: Callable[[str], None] | None = None,
     review_sheet: Path | None = None,
 ) -> dict[str, Any]:
@@ -181,15 +194,12 @@ def evaluate_rolls(
         if progress:
             s = score_defects(r.truth, r.reported, classes=classes)["all"]
             progress(
-                f"roll {i + 1}/{len(seeds)} seed {r.seed} {r.fabric}: {s.n_truth} true, {s.n_reported} reported, "
+                f"roll {i + 1}/{len(plan.seeds)} seed {r.seed} {r.fabric}: {s.n_truth} true, {s.n_reported} reported, "
                 f"recall {s.recall:.2f} precision {s.precision:.2f} ({r.tiles_per_s:.1f} tiles/s)"
             )
 
-    rolls = run_rolls(
-        bundle, open_detector(ModelConfig(bundle=bundle, batch_size=batch_size)), seeds=seeds, fabrics=fabrics,
-        length_m=length_m, width_px=width_px, defects_per_m=defects_per_m, batch_size=batch_size,
-        on_roll=report_roll,
-    )  # fmt: skip
+    detector = open_detector(ModelConfig(bundle=bundle, batch_size=plan.batch_size))
+    rolls = run_rolls(bundle, detector, plan, on_roll=report_roll)
     # score roll by roll (boxes of different rolls must never match), then add up
     aware: dict[str, ClassScore] = {}
     agnostic: dict[str, ClassScore] = {}

@@ -31,11 +31,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runtime.scoring import ScoredBox, score_defects
+
+if TYPE_CHECKING:
+    from offline_train.evaluate import RollPlan
 
 log = logging.getLogger(__name__)
 
@@ -201,13 +204,8 @@ class TuneResult:
 
 def tune_bundle(
     bundle: Path,
+    plan: RollPlan,
     *,
-    seeds: Sequence[int],
-    fabrics: Sequence[str],
-    length_m: float,
-    defects_per_m: float = 2.0,
-    width_px: int = 2048,
-    batch_size: int = 8,
     write: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> TuneResult:
@@ -220,19 +218,18 @@ def tune_bundle(
     manifest = load_bundle(bundle).manifest
     low = float(GRID[0])
     detector = open_detector(
-        ModelConfig(bundle=bundle, batch_size=batch_size, thresholds=dict.fromkeys(manifest.classes, low))
+        ModelConfig(
+            bundle=bundle, batch_size=plan.batch_size, thresholds=dict.fromkeys(manifest.classes, low)
+        )
     )
 
     def report_roll(i: int, r: RollResult) -> None:
         if progress:
             progress(
-                f"tuning roll {i + 1}/{len(seeds)} seed {r.seed} {r.fabric}: {len(r.truth)} true, {len(r.reported)} reported at >= {low}"
+                f"tuning roll {i + 1}/{len(plan.seeds)} seed {r.seed} {r.fabric}: {len(r.truth)} true, {len(r.reported)} reported at >= {low}"
             )
 
-    results = run_rolls(
-        bundle, detector, seeds=seeds, fabrics=fabrics, length_m=length_m, width_px=width_px,
-        defects_per_m=defects_per_m, batch_size=batch_size, on_roll=report_roll, edge_mask_mm={},
-    )  # fmt: skip
+    results = run_rolls(bundle, detector, plan, on_roll=report_roll, edge_mask_mm={})
     rolls = [(r.truth, r.reported, [float(e["score"]) for e in r.events]) for r in results]
     chosen = choose_thresholds(rolls, manifest.classes, dict(manifest.thresholds))
     masks = choose_edge_masks(
@@ -245,10 +242,10 @@ def tune_bundle(
         fields["thresholds"] = {c: t.threshold for c, t in chosen.items()}
         fields["edge_mask_mm"] = {c: m.mask_mm for c, m in masks.items()}
         fields.setdefault("metrics", {})["web_threshold_tuning"] = {
-            "seeds": [int(s) for s in seeds],
-            "fabrics": list(fabrics),
-            "length_m": length_m,
-            "defects_per_m": defects_per_m,
+            "seeds": [int(s) for s in plan.seeds],
+            "fabrics": list(plan.fabrics),
+            "length_m": plan.length_m,
+            "defects_per_m": plan.defects_per_m,
             "previous_thresholds": dict(manifest.thresholds),
             # the thresholds export chose on val tiles survive any number of re-tunings
             "export_thresholds": _export_thresholds(manifest.metrics, dict(manifest.thresholds)),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_train.evaluate import run_rolls
+from offline_train.evaluate import RollPlan, run_rolls
 from runtime.config import ModelConfig
 from runtime.detect.bundle import open_detector
 from runtime.scoring import ScoredBox, score_defects
@@ -38,10 +38,9 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     detector = open_detector(ModelConfig(bundle=args.bundle, batch_size=8))
-    fabrics = sorted(FABRICS)
+    plan = RollPlan.consecutive(args.seed, args.rolls, sorted(FABRICS), args.length_m)
     results = run_rolls(
-        args.bundle, detector, seeds=[args.seed + i for i in range(args.rolls)], fabrics=fabrics,
-        length_m=args.length_m, edge_mask_mm={},
+        args.bundle, detector, plan, edge_mask_mm={},
         on_roll=lambda i, r: print(f"roll {i + 1}/{args.rolls} {r.fabric}: edges px {r.edges_px}", flush=True),
     )  # fmt: skip
     rows: list[dict[str, object]] = []
