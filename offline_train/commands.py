@@ -221,10 +221,22 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         "--review-sheet", type=Path, default=None,
         help="write a picture of every miss, false alarm and duplicate here (.jpg or .png)",
     )  # fmt: skip
+    p.add_argument(
+        "--compare", type=Path, default=None,
+        help="another eval's --out JSON (e.g. models/default/eval.json): print the figures side by side",
+    )  # fmt: skip
 
 
 def _eval_run(args: argparse.Namespace) -> int:
-    from offline_train.evaluate import evaluate_rolls, format_report, tile_map, write_report
+    from offline_train.evaluate import (
+        evaluate_rolls,
+        format_comparison,
+        format_report,
+        tile_map,
+        write_report,
+    )
+
+    baseline = _read_eval_json(args.compare) if args.compare else None
 
     report = evaluate_rolls(
         args.bundle,
@@ -235,9 +247,23 @@ def _eval_run(args: argparse.Namespace) -> int:
     if args.dataset is not None:
         report["tile"] = tile_map(args.bundle, args.dataset)
     print(format_report(report))
+    if baseline is not None:
+        print(format_comparison(report, baseline, str(args.compare)))
     if args.out:
         write_report(report, args.out)
     return 0
+
+
+def _read_eval_json(path: Path) -> dict[str, Any]:
+    from runtime.errors import ConfigError
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--compare {path}: cannot read an eval report there ({e})") from e
+    if not isinstance(data, dict) or "web_class_aware" not in data:
+        raise ConfigError(f"--compare {path}: not a `loomsight eval --out` report (no web_class_aware)")
+    return data
 
 
 def _tune_args(p: argparse.ArgumentParser) -> None:

@@ -314,3 +314,48 @@ def format_report(report: dict[str, Any]) -> str:
         r = report["review_sheet"]
         lines.append(f"review sheet ({r['items']} misses, false alarms and duplicates): {r['path']}")
     return "\n".join(lines)
+
+
+def format_comparison(
+    report: dict[str, Any], baseline: dict[str, Any], baseline_name: str = "baseline"
+) -> str:
+    """This report's web figures beside a baseline's (another `eval --out` file), class by class.
+
+    Both must come from the same rolls (seeds, fabrics, length), else the comparison means nothing:
+    a mismatch is said in the first line rather than refused, so two different runs can still be
+    read side by side.
+    """
+
+    def rolls(r: dict[str, Any]) -> list[tuple[Any, Any, Any]]:
+        return [(x.get("seed"), x.get("fabric"), x.get("length_m")) for x in r.get("rolls", [])]
+
+    same = rolls(report) == rolls(baseline)
+    lines = [
+        f"against {baseline_name}: "
+        + (
+            "same rolls"
+            if same
+            else "DIFFERENT rolls (seeds/fabrics/length differ): not comparable defect by defect"
+        ),
+        "class            recall (base -> this)     precision (base -> this)   f1 (base -> this)",
+    ]
+
+    def pair(a: float | None, b: float | None) -> str:
+        fa = "  -  " if a is None else f"{a:5.2f}"
+        fb = "  -  " if b is None else f"{b:5.2f}"
+        delta = "" if a is None or b is None else f" ({b - a:+.2f})"
+        return f"{fa} -> {fb}{delta}".ljust(26)
+
+    base = baseline.get("web_class_aware", {})
+    for c, s in report["web_class_aware"].items():
+        b = base.get(c, {})
+        lines.append(
+            f"{c:<16} {pair(b.get('recall'), s['recall'])} {pair(b.get('precision'), s['precision'])} "
+            f"{pair(b.get('f1'), s['f1'])}".rstrip()
+        )
+    b_dup, dup = baseline.get("duplicate_rate"), report.get("duplicate_rate")
+    if b_dup is not None and dup is not None:
+        lines.append(f"duplicate events: {b_dup * 100:.2f}% -> {dup * 100:.2f}%")
+    if "tile" in report and "tile" in baseline:
+        lines.append(f"tile mAP50: {baseline['tile']['mAP50']:.3f} -> {report['tile']['mAP50']:.3f}")
+    return "\n".join(lines)
