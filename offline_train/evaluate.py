@@ -295,15 +295,18 @@ def write_report(report: dict[str, Any], out: Path) -> None:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = ["class            truth found  recall  reported   prec     f1  dups"]
+    lines = ["class            truth found  recall (95% CI)  reported   prec (95% CI)       f1  dups"]
+
+    def f(x: Any) -> str:
+        return "   -  " if x is None else f"{x:6.3f}"
+
+    def ci(pair: Any) -> str:
+        return "         " if not pair else f"{pair[0]:.2f}-{pair[1]:.2f}"
+
     for c, s in report["web_class_aware"].items():
-
-        def f(x: Any) -> str:
-            return "   -  " if x is None else f"{x:6.3f}"
-
         lines.append(
-            f"{c:<16} {s['n_truth']:5d} {s['found']:5d}  {f(s['recall'])}  {s['n_reported']:8d} {f(s['precision'])} "
-            f"{f(s['f1'])} {s['duplicates']:5d}"
+            f"{c:<16} {s['n_truth']:5d} {s['found']:5d}  {f(s['recall'])} {ci(s.get('recall_ci95'))} "
+            f"{s['n_reported']:8d} {f(s['precision'])} {ci(s.get('precision_ci95'))} {f(s['f1'])} {s['duplicates']:5d}"
         )
     ag = report["web_class_agnostic"]["all"]
     lines.append(f"class-agnostic: recall {ag['recall']}, precision {ag['precision']}")

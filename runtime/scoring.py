@@ -11,8 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion k/n (95 % for z = 1.96); None when n = 0.
+
+    A recall of 0.61 on 18 broken picks is anywhere from about 0.39 to 0.80: the interval says how
+    far apart two evaluations must be before one model is better than another."""
+    if n <= 0:
+        return None
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +48,9 @@ class ClassScore:
     duplicates: int = 0
     missed: list[int] = field(default_factory=list)  # indices of true defects not found
     false_alarms: list[int] = field(default_factory=list)  # indices of reports matching no true defect
-    duplicate_reports: list[int] = field(default_factory=list)  # indices of reports of an already-claimed defect
+    duplicate_reports: list[int] = field(
+        default_factory=list
+    )  # indices of reports of an already-claimed defect
 
     @property
     def recall(self) -> float:
@@ -50,7 +67,7 @@ class ClassScore:
             return float("nan")
         return 2 * p * r / (p + r)
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         def r4(x: float) -> float | None:
             return None if np.isnan(x) else round(x, 4)
 
@@ -60,10 +77,16 @@ class ClassScore:
             "n_reported": self.n_reported,
             "true_positives": self.true_positives,
             "duplicates": self.duplicates,
-            "recall": r4(self.recall),  # type: ignore[dict-item]
-            "precision": r4(self.precision),  # type: ignore[dict-item]
-            "f1": r4(self.f1),  # type: ignore[dict-item]
+            "recall": r4(self.recall),
+            "precision": r4(self.precision),
+            "f1": r4(self.f1),
+            "recall_ci95": _r4_pair(wilson_interval(self.found, self.n_truth)),
+            "precision_ci95": _r4_pair(wilson_interval(self.true_positives, self.n_reported)),
         }
+
+
+def _r4_pair(pair: tuple[float, float] | None) -> list[float] | None:
+    return None if pair is None else [round(pair[0], 4), round(pair[1], 4)]
 
 
 def _match_matrix(truth: Sequence[ScoredBox], reported: Sequence[ScoredBox], iou_min: float) -> np.ndarray:

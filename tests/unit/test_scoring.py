@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 
-from runtime.scoring import ScoredBox, score_defects
+from runtime.scoring import ClassScore, ScoredBox, score_defects
 
 
 def test_found_missed_false_positive_and_duplicate() -> None:
@@ -41,3 +41,22 @@ def test_empty_inputs_give_nan_not_errors() -> None:
     s = score_defects([], [])
     assert s["all"].n_truth == 0 and math.isnan(s["all"].recall)
     assert s["all"].to_dict()["recall"] is None
+
+
+def test_wilson_interval_matches_published_values_and_reaches_the_report() -> None:
+    from runtime.scoring import wilson_interval
+
+    assert wilson_interval(0, 0) is None
+    for (k, n), (lo, hi) in {
+        (5, 10): (0.2366, 0.7634),
+        (0, 10): (0.0, 0.2775),
+        (10, 10): (0.7225, 1.0),
+    }.items():
+        got = wilson_interval(k, n)
+        assert got is not None and abs(got[0] - lo) < 1e-4 and abs(got[1] - hi) < 1e-4
+    # more defects, narrower interval around the same recall
+    small, big = wilson_interval(9, 10), wilson_interval(90, 100)
+    assert small is not None and big is not None and big[1] - big[0] < small[1] - small[0]
+    d = ClassScore(n_truth=18, found=11, n_reported=13, true_positives=11).to_dict()
+    assert d["recall_ci95"] == [0.3862, 0.797] and d["precision_ci95"][1] <= 1.0
+    assert ClassScore().to_dict()["precision_ci95"] is None
