@@ -36,5 +36,5 @@ $LS tune models/default --rolls 28 --length-m 4 --seed 800001
 
 # 5. Web-level evaluation on fresh rolls (seeds never used in training or tuning), every catalog
 #    fabric, with a picture of every miss, false alarm and duplicate.
-$LS eval models/default --rolls 28 --length-m 4 --seed 900001 --dataset "$WORK/datasets/v1" \
+$LS eval models/default --rolls 112 --length-m 4 --seed 900001 --dataset "$WORK/datasets/v1" \
   --out models/default/eval.json --review-sheet models/default/review.jpg
