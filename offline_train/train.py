@@ -75,9 +75,9 @@ class TrainOptions:
     seed: int = 0
     resume: bool = False
     lr0: float | None = None
-    # Ultralytics warms up over 3 epochs with a bias learning rate of 0.1 (meant for SGD from
-    # scratch); on a fine-tune that first jolt undoes trained weights. None: 3 from scratch, 0
-    # when starting from --weights.
+    # Ultralytics warms up over 3 epochs, starting the bias learning rate at 0.1: a recipe for a
+    # run from scratch, not for weights that are already trained. None: 3 from scratch, 0 when
+    # starting from --weights (not measured against each other here).
     warmup_epochs: float | None = None
     threads: int | None = None  # CPU threads for torch; None = every core
     command: str = ""  # the command line, for the training record
@@ -151,11 +151,12 @@ def train(opts: TrainOptions) -> TrainResult:
         _keep_threads(model, model_threads)
         results = model.train(resume=True, device=opts.device, workers=opts.workers)
     else:
+        args = ultralytics_args(opts, data_yaml, tile_px=int(spec["tile_px"]))  # bad options fail first
         model = RTDETR(_model_source(opts))
         _keep_threads(model, model_threads)
         if opts.weights is not None:
             model.load(str(_check_weights(Path(opts.weights))))
-        results = model.train(**ultralytics_args(opts, data_yaml, tile_px=int(spec["tile_px"])))
+        results = model.train(**args)
     trainer = model.trainer
     save_dir = Path(trainer.save_dir) if trainer is not None else run_dir
     best = save_dir / "weights" / "best.pt"
