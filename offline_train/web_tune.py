@@ -7,8 +7,10 @@ daemon path once with every class at a low threshold, then, per class, sweeps th
 the reported defects (a defect survives threshold t when its best score is >= t) and keeps the
 one with the best web-level F1. When several thresholds tie for it, the middle of that plateau
 is kept (the edges of a plateau measured on a few dozen defects are where it stops holding). A
-class whose F1 is 0 everywhere (or has no true defects on the tuning rolls) is not tuned: it keeps
-its threshold, raised to the lowest one that silences its false alarms when there is such.
+class whose F1 is 0 everywhere, or whose best threshold finds fewer than `MIN_FOUND` true defects
+on the tuning rolls (a threshold chosen on one defect is noise: a candidate bundle's thin place,
+tuned to 0.20 on one, let 23 false alarms through on the eval rolls), is not tuned: it keeps its
+threshold, raised to the lowest one that silences its false alarms when there is such.
 The low-threshold run merges slightly differently from a run at the chosen thresholds (more boxes
 can join); `loomsight eval` on other seeds is the measurement that counts.
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 GRID = np.round(np.arange(0.20, 0.951, 0.05), 2)  # the run's floor is the first value
 EDGE_MASK_GRID_MM = np.arange(0.0, 20.01, 1.0)
+MIN_FOUND = 3  # true defects a class's best threshold must find on the tuning rolls to be tuned
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ def choose_thresholds(
     classes: Sequence[str],
     current: dict[str, float],
     grid: np.ndarray = GRID,
+    min_found: int = MIN_FOUND,
 ) -> dict[str, WebTuning]:
     """Per class, the grid threshold with the best web-level F1 over `rolls` of
     (truth, reported, reported scores); see the module doc for ties and untunable classes."""
@@ -93,14 +97,14 @@ def choose_thresholds(
                 n_rep[k] += sc.n_reported
         cur = float(current.get(c, 0.5))
         precision, recall, f1 = _prf(tp, found, n_rep, n_truth)
-        if n_truth == 0 or f1.max() <= 0:
+        best = np.flatnonzero(f1 >= f1.max() - 1e-9)
+        k = int(best[len(best) // 2])  # the middle of the best plateau
+        if n_truth == 0 or f1.max() <= 0 or found[k] < min_found:
             silent = np.flatnonzero(n_rep == 0)
             thr = max(cur, float(grid[silent[0]])) if len(silent) else cur
             k = int(np.argmin(np.abs(grid - thr)))
             out[c] = WebTuning(c, thr, float(precision[k]), float(recall[k]), float(f1[k]), n_truth, False)
             continue
-        best = np.flatnonzero(f1 >= f1.max() - 1e-9)
-        k = int(best[len(best) // 2])  # the middle of the best plateau
         out[c] = WebTuning(
             c, float(grid[k]), float(precision[k]), float(recall[k]), float(f1[k]), n_truth, True
         )

@@ -34,11 +34,21 @@ def test_rolls_are_scored_apart_and_add_up() -> None:
 def test_a_class_with_only_false_alarms_is_raised_to_silence_them_never_lowered(
     current: float, expected: float
 ) -> None:
-    truth = [_box("hole", 0, 0)]
-    reported = [truth[0], _box("knot", 300, 300)]
-    chosen = choose_thresholds([(truth, reported, [0.9, 0.4])], ["hole", "knot"], {"knot": current})
+    truth = [_box("hole", 100 * i, 0) for i in range(3)]
+    reported = [*truth, _box("knot", 300, 300)]
+    chosen = choose_thresholds([(truth, reported, [0.9, 0.9, 0.9, 0.4])], ["hole", "knot"], {"knot": current})
     assert chosen["knot"].threshold == pytest.approx(expected) and not chosen["knot"].tuned
     assert chosen["hole"].tuned
+
+
+def test_a_threshold_that_finds_fewer_than_three_defects_is_not_chosen() -> None:
+    # one thin place found at 0.2 among 10 missed: its F1 > 0, but one defect is no evidence
+    truth = [_box("thin_place", 100 * i, 0) for i in range(10)]
+    chosen = choose_thresholds([(truth, [truth[0]], [0.2])], ["thin_place"], {"thin_place": 0.5})
+    assert not chosen["thin_place"].tuned and chosen["thin_place"].threshold == 0.5
+    # three found at 0.2 is enough
+    chosen = choose_thresholds([(truth, truth[:3], [0.2] * 3)], ["thin_place"], {"thin_place": 0.5})
+    assert chosen["thin_place"].tuned and chosen["thin_place"].threshold == pytest.approx(0.2)
 
 
 def test_a_class_never_seen_keeps_its_threshold() -> None:
