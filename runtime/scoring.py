@@ -48,9 +48,8 @@ class ClassScore:
     duplicates: int = 0
     missed: list[int] = field(default_factory=list)  # indices of true defects not found
     false_alarms: list[int] = field(default_factory=list)  # indices of reports matching no true defect
-    duplicate_reports: list[int] = field(
-        default_factory=list
-    )  # indices of reports of an already-claimed defect
+    # indices of reports of an already-claimed defect
+    duplicate_reports: list[int] = field(default_factory=list)
 
     @property
     def recall(self) -> float:

@@ -65,10 +65,8 @@ def test_configured_strips_win_and_a_bad_pair_is_named() -> None:
     assert strip_geometry(
         parse_config({"web": {"strip_lines": 1024, "overlap_lines": 64}}), manifest, 0.1
     ) == (1024, 64)
-    assert strip_geometry(parse_config({}), manifest, 0.1) == (
-        1024,
-        128,
-    )  # the default, overlap from the model
+    # the default: 1,024 lines, the overlap from the model
+    assert strip_geometry(parse_config({}), manifest, 0.1) == (1024, 128)
     assert strip_geometry(parse_config({}), manifest, 0.05) == (1024, 256)
     with pytest.raises(ConfigError, match=r'web.strip_lines must be >= 16 lines or "fit", got 8'):
         parse_config({"web": {"strip_lines": 8}})
