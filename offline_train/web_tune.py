@@ -9,8 +9,9 @@ one with the best web-level F1. When several thresholds tie for it, the middle o
 is kept (the edges of a plateau measured on a few dozen defects are where it stops holding). A
 class whose F1 is 0 everywhere, or whose best threshold finds fewer than `MIN_FOUND` true defects
 on the tuning rolls (a threshold chosen on one defect is noise: a candidate bundle's thin place,
-tuned to 0.20 on one, let 23 false alarms through on the eval rolls), is not tuned: it keeps its
-threshold, raised to the lowest one that silences its false alarms when there is such.
+tuned to 0.20 on one, let 23 false alarms through on the eval rolls), is not tuned: it keeps the
+threshold export chose on val tiles (not an earlier tune's), raised to the lowest one that
+silences its false alarms when there is such.
 The low-threshold run merges slightly differently from a run at the chosen thresholds (more boxes
 can join); `loomsight eval` on other seeds is the measurement that counts.
 
@@ -235,7 +236,10 @@ def tune_bundle(
 
     results = run_rolls(bundle, detector, plan, on_roll=report_roll, edge_mask_mm={})
     rolls = [(r.truth, r.reported, [float(e["score"]) for e in r.events]) for r in results]
-    chosen = choose_thresholds(rolls, manifest.classes, dict(manifest.thresholds))
+    # an untuned class falls back to export's val-tile threshold, not to an earlier tune's choice:
+    # the result does not depend on how often the bundle was tuned before
+    export_thresholds = _export_thresholds(manifest.metrics, dict(manifest.thresholds))
+    chosen = choose_thresholds(rolls, manifest.classes, export_thresholds)
     masks = choose_edge_masks(
         [(*roll, r.edges_px) for roll, r in zip(rolls, results, strict=True)],
         {c: t.threshold for c, t in chosen.items() if t.tuned},
@@ -252,7 +256,7 @@ def tune_bundle(
             "defects_per_m": plan.defects_per_m,
             "previous_thresholds": dict(manifest.thresholds),
             # the thresholds export chose on val tiles survive any number of re-tunings
-            "export_thresholds": _export_thresholds(manifest.metrics, dict(manifest.thresholds)),
+            "export_thresholds": export_thresholds,
             "classes": {c: t.as_dict() for c, t in chosen.items()},
             "previous_edge_mask_mm": dict(manifest.edge_mask_mm),
             "edge_mask": {c: m.as_dict() for c, m in masks.items()},
