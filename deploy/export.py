@@ -37,12 +37,15 @@ from deploy.onnx_export import (
 from deploy.thresholds import DEFAULT_GRID, TileLabels, tune_thresholds
 from deploy.val_tiles import ValSet, iter_batches, open_val_set, texture_tiles
 from runtime.detect.base import prepare_batch
-from runtime.detect.decode import decode_rtdetr
+from runtime.detect.decode import DecodeStats
 from runtime.detect.manifest import MODEL_SCHEMA, ModelManifest, sha256_file
+from runtime.detect.outputs import output_format
 from runtime.detections import Detections
 from runtime.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
+
+SIDECAR_NAME_DENSE = "loomsight_train.json"  # offline_train.dense.train.SIDECAR_NAME
 
 STEPS = 6
 
@@ -230,7 +233,7 @@ def _detect_val(
         for tiles, labs in iter_batches(
             val, size_px=manifest.input.size_px, color=manifest.input.color, batch=16, limit=limit
         ):
-            dets += decode_rtdetr(det.raw(tiles), input_size_px=manifest.input.size_px, thresholds=floor)
+            dets += output_format(manifest).decode(det.raw(tiles), manifest, floor, DecodeStats())
             labels += labs
             bar.update(len(tiles))
     return dets, labels
@@ -349,7 +352,23 @@ def _training_files(checkpoint: Path, work: Path) -> dict[str, Path]:
     return out
 
 
+def _is_dense(path: Path) -> bool:
+    sidecar = Path(path).parent / SIDECAR_NAME_DENSE
+    if sidecar.is_file():
+        try:
+            return json.loads(sidecar.read_text(encoding="utf-8")).get("arch") == "dense"
+        except (OSError, ValueError):
+            return False
+    return False
+
+
 def export_bundle(opts: ExportOptions) -> ExportResult:
+    """Export a checkpoint: RT-DETR here, a dense model (its training record says arch "dense")
+    through deploy.dense_export."""
+    if _is_dense(opts.checkpoint):
+        from deploy.dense_export import export_dense_bundle
+
+        return export_dense_bundle(opts)
     opset = check_opset(opts.opset)
     if opts.thresholds is not None and opts.tune_on is not None:
         raise ConfigError("give either --thresholds or --tune-on, not both")

@@ -133,6 +133,10 @@ def _synthesizers(choice: str, mm_per_px: float, seed: int, cutpaste_per_class: 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", type=Path, help="directory made by `loomsight dataset`")
     p.add_argument(
+        "--arch", choices=("rtdetr", "dense"), default="rtdetr",
+        help="rtdetr: the box detector (ultralytics); dense: the per-pixel defect model on the exact masks",
+    )  # fmt: skip
+    p.add_argument(
         "--model",
         default="loomsight-s",
         help="loomsight-s, loomsight-xs, rtdetr-l, rtdetr-resnet50 or a YAML",
@@ -157,9 +161,36 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default: every core)")
     p.add_argument("--resume", action="store_true", help="continue OUT/NAME/weights/last.pt")
+    dense = p.add_argument_group("dense model (--arch dense)")
+    dense.add_argument(
+        "--samples-per-epoch", type=int, default=4000, help="tiles drawn per epoch (rare classes first)"
+    )
+    dense.add_argument("--checkpoint-every-s", type=float, default=300.0, help="write last.pt this often")
+    dense.add_argument(
+        "--hours", type=float, default=None, help="stop after this much training time (resumable)"
+    )
+
+
+def _train_dense(args: argparse.Namespace) -> int:
+    from offline_train.dense.train import DenseOptions, train_dense
+
+    result = train_dense(
+        DenseOptions(
+            dataset=args.dataset, out=args.out, name=args.name, weights=args.weights, epochs=args.epochs,
+            batch=args.batch, samples_per_epoch=args.samples_per_epoch,
+            lr0=args.lr0 if args.lr0 is not None else (5e-4 if args.weights else 2e-3),
+            threads=args.threads, seed=args.seed, resume=args.resume,
+            checkpoint_every_s=args.checkpoint_every_s, hours=args.hours,
+            command=" ".join(getattr(args, "command_line", [])),
+        )
+    )  # fmt: skip
+    print(json.dumps({"best": str(result.best), "last": str(result.last), "metrics": result.metrics}))
+    return 0
 
 
 def _train_run(args: argparse.Namespace) -> int:
+    if args.arch == "dense":
+        return _train_dense(args)
     from offline_train.train import TrainOptions, train
 
     result = train(
@@ -307,7 +338,7 @@ DATASET = Command(
 )
 TRAIN = Command(
     name="train",
-    help="train an RT-DETR detector on a dataset (offline, resumable)",
+    help="train an RT-DETR detector or the dense defect model on a dataset (offline, resumable)",
     add_arguments=_train_args,
     run=_train_run,
     extra="train",

@@ -111,7 +111,9 @@ def _with_streak_pairs(
     if len(streak) < 2:
         return a, b
     sa, sb = _pairs_by_sweep(
-        xyxy[streak].astype(np.float64), max(gap_x, float(gx[streak].max())), max(gap_y, float(gy[streak].max()))
+        xyxy[streak].astype(np.float64),
+        max(gap_x, float(gx[streak].max())),
+        max(gap_y, float(gy[streak].max())),
     )
     if len(sa) == 0:
         return a, b
@@ -303,7 +305,15 @@ class Merger:
         has_new = np.maximum.reduceat((order >= n_open).astype(np.int8), starts).astype(bool)
         closed: list[Defect] = []
         still_open: list[Defect] = []
-        rows = zip(firsts.tolist(), union.tolist(), cls.tolist(), best.tolist(), hits.tolist(), has_new.tolist(), strict=True)
+        rows = zip(
+            firsts.tolist(),
+            union.tolist(),
+            cls.tolist(),
+            best.tolist(),
+            hits.tolist(),
+            has_new.tolist(),
+            strict=True,
+        )
         for first, (x0, y0, x1, y1), c, sc, h, new in rows:
             # a group holding open defects continues the oldest of them (members are in index
             # order, so `first` is it); the others have been folded into it
@@ -313,7 +323,9 @@ class Merger:
                 if new:
                     d.last_strip = strip_seq
             else:
-                d = Defect(self._next_id, c, sc, x0, y0, x1, y1, h, first_strip=strip_seq, last_strip=strip_seq)
+                d = Defect(
+                    self._next_id, c, sc, x0, y0, x1, y1, h, first_strip=strip_seq, last_strip=strip_seq
+                )
                 self._next_id += 1
             if d.y1 + max(self.gap_lines, self._close_gap_lines.get(d.class_id, 0.0)) < next_line0:
                 d.is_open = False

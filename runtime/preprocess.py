@@ -25,7 +25,9 @@ def model_size(width_px: int, height_lines: int, scale_x: float, scale_y: float)
     return max(1, round(width_px * scale_x)), max(1, round(height_lines * scale_y))
 
 
-def resample_to_model(pixels: np.ndarray, scale_x: float, scale_y: float, *, nearest: bool = False) -> np.ndarray:
+def resample_to_model(
+    pixels: np.ndarray, scale_x: float, scale_y: float, *, nearest: bool = False
+) -> np.ndarray:
     """Resize by (scale_x, scale_y). Area averaging when shrinking keeps thin yarn defects visible."""
     h, w = pixels.shape[:2]
     size = model_size(w, h, scale_x, scale_y)

@@ -63,7 +63,9 @@ class Tiler:
         """Stack the tiles of `windows` into one (N, tile, tile[, C]) uint8 array (a copy)."""
         h, w = image.shape[:2]
         if h < self.tile_px or w < self.tile_px:
-            pad = ((0, max(0, self.tile_px - h)), (0, max(0, self.tile_px - w))) + ((0, 0),) * (image.ndim - 2)
+            pad = ((0, max(0, self.tile_px - h)), (0, max(0, self.tile_px - w))) + ((0, 0),) * (
+                image.ndim - 2
+            )
             image = np.pad(image, pad, mode="symmetric")
         out = np.empty((len(windows), self.tile_px, self.tile_px, *image.shape[2:]), dtype=image.dtype)
         for i, win in enumerate(windows):

@@ -143,11 +143,13 @@ def build_dataset(
         for t, (win, cut_tile) in enumerate(zip(windows, tiles, strict=True)):
             tile = cut_tile
             boxes: list[Box] = []
+            label_mask = np.zeros(tile.shape[:2], np.uint8)
             for class_id, mask in masks.items():
                 sub = mask[win.y0 : win.y1, win.x0 : win.x1]
                 if sub.shape != tile.shape[:2]:  # web smaller than one tile: padded like the pixels
                     pad = ((0, tile.shape[0] - sub.shape[0]), (0, tile.shape[1] - sub.shape[1]))
                     sub = np.pad(sub, pad, mode="symmetric")  # mirrored, as Tiler.cut pads pixels
+                label_mask[sub > 0] = class_id + 1
                 for x0, y0, x1, y1 in boxes_from_mask(
                     sub, merge_gap_px=spec.merge_gap_px, min_area_px=spec.min_area_px
                 ):
@@ -171,6 +173,7 @@ def build_dataset(
                         result.mask, merge_gap_px=spec.merge_gap_px, min_area_px=spec.min_area_px
                     ):
                         boxes.append(Box(cid, x0, y0, x1, y1))
+                    label_mask[np.asarray(result.mask) > 0] = cid + 1
                     if not boxes:
                         continue
                     source = result.synthesizer
@@ -179,7 +182,7 @@ def build_dataset(
                 else:
                     source = "clean"
             name = f"{web.name}_t{t:05d}"
-            writer.add(split, name, tile, boxes)
+            writer.add(split, name, tile, boxes, label_mask)
             kept += 1
             per_fabric[web.fabric] += 1
             per_source[source] += len(boxes)

@@ -1,4 +1,8 @@
-"""Write tiles and labels as an ultralytics (YOLO) dataset and a COCO JSON, with a content hash."""
+"""Write tiles and labels as an ultralytics (YOLO) dataset and a COCO JSON, with a content hash.
+
+Beside the boxes, every tile gets its exact label mask (`masks/<split>/<name>.png`, uint8: 0 is
+defect-free, k is class k - 1) for dense models trained on every pixel.
+"""
 
 from __future__ import annotations
 
@@ -32,11 +36,25 @@ class DatasetWriter:
         for split in SPLITS:
             (self.out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
             (self.out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "masks" / split).mkdir(parents=True, exist_ok=True)
 
-    def add(self, split: str, name: str, image: np.ndarray, boxes: list[Box]) -> None:
+    def add(
+        self, split: str, name: str, image: np.ndarray, boxes: list[Box], label_mask: np.ndarray | None = None
+    ) -> None:
+        """One tile; `label_mask` (uint8, tile-sized, 0 = clean, k = class k - 1) defaults to all clean."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         h, w = image.shape[:2]
+        if label_mask is None:
+            label_mask = np.zeros((h, w), np.uint8)
+        if label_mask.shape != (h, w) or label_mask.dtype != np.uint8:
+            raise ValueError(
+                f"label mask of {name} is {label_mask.dtype} {label_mask.shape}; expected uint8 {(h, w)}"
+            )
+        ok, mask_png = cv2.imencode(".png", label_mask)
+        if not ok:
+            raise OSError(f"could not encode the label mask of {name} as PNG")
+        (self.out_dir / "masks" / split / f"{name}.png").write_bytes(mask_png.tobytes())
         ok, png = cv2.imencode(".png", image)
         if not ok:
             raise OSError(f"could not encode tile {name} as PNG")
@@ -47,6 +65,7 @@ class DatasetWriter:
         self._digest.update(name.encode())
         self._digest.update(hashlib.sha256(data).digest())
         self._digest.update(label_text.encode())
+        self._digest.update(hashlib.sha256(mask_png.tobytes()).digest())
         coco = self._coco[split]
         image_id = len(coco["images"]) + 1
         coco["images"].append(

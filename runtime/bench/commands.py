@@ -23,7 +23,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="topic", metavar="TOPIC", required=True)
     for topic, help_text in TOPICS.items():
         p = sub.add_parser(topic, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        p.add_argument("--json", dest="json_out", default=None, help="also write the figures to this JSON file")
+        p.add_argument(
+            "--json", dest="json_out", default=None, help="also write the figures to this JSON file"
+        )
         try:
             module = importlib.import_module(f"runtime.bench.{topic}")
         except ImportError as exc:

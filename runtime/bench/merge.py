@@ -56,7 +56,12 @@ def time_merge(n: int, repeats: int) -> dict[str, float]:
         times.append(time.perf_counter() - t0)
         groups = len(closed)
     arr = np.array(times) * 1e3
-    return {"boxes": n, "defects": groups, "median_ms": float(np.median(arr)), "p90_ms": float(np.percentile(arr, 90))}
+    return {
+        "boxes": n,
+        "defects": groups,
+        "median_ms": float(np.median(arr)),
+        "p90_ms": float(np.percentile(arr, 90)),
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -315,6 +315,7 @@ class Daemon:
         if self._detector is not None:
             out["providers"] = self._detector.providers
             out["non_finite_outputs"] = self._detector.decode_stats.non_finite_queries
+            out["non_finite_tiles"] = self._detector.decode_stats.non_finite_tiles
         out["model"] = {"loaded": self._detector is not None, "error": self._model_error}
         if self.control is not None:
             out["control"] = self.control.status()

@@ -42,7 +42,9 @@ def prepare_batch(tiles: np.ndarray, spec: InputSpec) -> np.ndarray:
     else:
         raise ValueError(f"tiles must be (N, H, W) or (N, H, W, 3), got {tiles.shape}")
     if x.shape[2] != spec.size_px or x.shape[3] != spec.size_px:
-        raise ValueError(f"tiles are {x.shape[2]}x{x.shape[3]} px; the model takes {spec.size_px}x{spec.size_px}")
+        raise ValueError(
+            f"tiles are {x.shape[2]}x{x.shape[3]} px; the model takes {spec.size_px}x{spec.size_px}"
+        )
     if spec.dtype == "uint8":
         return np.ascontiguousarray(x)
     norm = spec.normalization

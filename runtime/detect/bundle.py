@@ -45,6 +45,12 @@ def open_detector(config: ModelConfig, *, bundle_path: Path | None = None) -> De
     path = bundle_path or config.bundle
     if config.backend == "tensorrt":
         bundle = load_bundle(path, verify=["model.engine"])
+        if bundle.manifest.output.format != "rtdetr":
+            raise ModelError(
+                f"model bundle {path} has a {bundle.manifest.output.format!r} output; the TensorRT engine "
+                'backend reads RT-DETR bundles only. Set model.backend = "onnx" (with the TensorRT or '
+                "CUDA execution provider in model.providers for a GPU)"
+            )
         from runtime.detect.tensorrt_backend import TensorRTDetector
 
         return TensorRTDetector(bundle.engine_path, bundle.manifest, thresholds=dict(config.thresholds))
@@ -61,8 +67,12 @@ def open_detector(config: ModelConfig, *, bundle_path: Path | None = None) -> De
         trt_cache_dir=bundle.path / "trt_cache",
     )
     if det.static_batch is not None and det.static_batch != config.batch_size:
-        log.info("model has a static batch of %d; config batch_size %d is regrouped", det.static_batch, config.batch_size)
-    log.info("model %s on %s", bundle.manifest.name, det.providers)
+        log.info(
+            "model has a static batch of %d; config batch_size %d is regrouped",
+            det.static_batch,
+            config.batch_size,
+        )
+    log.info("model %s (%s output) on %s", bundle.manifest.name, bundle.manifest.output.format, det.providers)
     return det
 
 

@@ -16,7 +16,8 @@ from runtime.detections import Detections
 
 @dataclass
 class DecodeStats:
-    non_finite_queries: int = 0
+    non_finite_queries: int = 0  # RT-DETR queries dropped for NaN/inf
+    non_finite_tiles: int = 0  # dense-model tiles skipped for a NaN/inf map
 
 
 def decode_rtdetr(

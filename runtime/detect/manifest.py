@@ -2,7 +2,7 @@
 
 A bundle is a directory: `model.onnx`, optional `model.engine` (built per GPU) and `manifest.json`.
 The manifest says what the model expects (input size, channels, normalisation), what it returns
-(RT-DETR: cx, cy, w, h normalised + per-class scores), the resolution it was trained at
+(RT-DETR: cx, cy, w, h normalised + per-class scores; or a dense model's probability maps), the resolution it was trained at
 (`mm_per_px`), how to tile, the per-class thresholds and the sha256 of every model file.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -46,12 +46,36 @@ class InputSpec(_Strict):
     normalization: Normalization = Field(default_factory=Normalization)
 
 
-class OutputSpec(_Strict):
+class RtdetrOutput(_Strict):
+    """(N, queries, 4 + C): cx, cy, w, h normalised to the input, then one probability per class."""
+
     name: str = "output0"
     format: Literal["rtdetr"] = "rtdetr"
     boxes: Literal["cxcywh_normalized"] = "cxcywh_normalized"
     scores: Literal["per_class_probability"] = "per_class_probability"
     num_queries: int = Field(gt=0)
+
+
+class MaskOutput(_Strict):
+    """(N, 1 + C, H / stride, W / stride) probabilities of a dense model: channel 0 is P(defect),
+    channels 1..C are P(class | defect). The runtime turns connected regions into boxes
+    (`runtime.detect.mask_decode`)."""
+
+    name: str = "output0"
+    format: Literal["mask"] = "mask"
+    stride_px: Literal[1, 2, 4] = Field(description="input pixels per output cell")
+    channels: Literal["defect+classes"] = "defect+classes"
+    region_floor: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="P(defect) at which cells join a region; a region is reported when its "
+        "peak P(defect) clears its class's threshold",
+    )
+
+
+OutputSpec = RtdetrOutput  # the name older code and tests use
+AnyOutput = Annotated[RtdetrOutput | MaskOutput, Field(discriminator="format")]
 
 
 class TileSpec(_Strict):
@@ -70,7 +94,7 @@ class ModelManifest(_Strict):
     name: str
     classes: list[str] = Field(min_length=1)
     input: InputSpec
-    output: OutputSpec
+    output: AnyOutput
     mm_per_px: float = Field(gt=0, description="web resolution the model was trained at")
     tile: TileSpec
     thresholds: dict[str, float]
@@ -85,6 +109,14 @@ class ModelManifest(_Strict):
     metrics: dict[str, Any] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rtdetr_by_default(cls, data: Any) -> Any:
+        """Manifests written before dense models carry no output format: they are RT-DETR."""
+        if isinstance(data, dict) and isinstance(data.get("output"), dict) and "format" not in data["output"]:
+            data = {**data, "output": {**data["output"], "format": "rtdetr"}}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelManifest:

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from runtime.detect.base import prepare_batch, threshold_vector
-from runtime.detect.decode import DecodeStats, decode_rtdetr
+from runtime.detect.decode import DecodeStats
 from runtime.detect.manifest import ModelManifest
+from runtime.detect.outputs import output_format
 from runtime.detections import Detections
 from runtime.errors import ModelError
 
@@ -40,12 +41,15 @@ class OnnxDetector:
         self.manifest = manifest
         self.decode_stats = DecodeStats()
         self._thresholds = threshold_vector(manifest, thresholds or {})
+        self._format = output_format(manifest)
         requested = providers or ["CPUExecutionProvider"]
         available = set(ort.get_available_providers())
         chosen: list[Any] = []
         for name in requested:
             if name not in available:
-                log.warning("ONNX Runtime provider %s is not available here (available: %s)", name, sorted(available))
+                log.warning(
+                    "ONNX Runtime provider %s is not available here (available: %s)", name, sorted(available)
+                )
                 continue
             if name == "TensorrtExecutionProvider":
                 opts = dict(_TRT_OPTIONS)
@@ -94,13 +98,7 @@ class OnnxDetector:
             )
         self._input_name = inputs[0].name
         self._static_batch = shape[0] if isinstance(shape[0], int) else None
-        out_shape = list(outputs[0].shape)
-        n_cls = len(self.manifest.classes)
-        if len(out_shape) != 3 or (isinstance(out_shape[2], int) and out_shape[2] != 4 + n_cls):
-            raise ModelError(
-                f"{onnx_path} output shape is {out_shape}; the manifest's {n_cls} classes need "
-                f"[batch, queries, {4 + n_cls}] (RT-DETR: cx, cy, w, h + one score per class)"
-            )
+        self._format.check(list(outputs[0].shape), self.manifest, str(onnx_path))
         self._output_name = outputs[0].name
 
     @property
@@ -133,12 +131,7 @@ class OnnxDetector:
     def infer(self, tiles: np.ndarray) -> list[Detections]:
         if len(tiles) == 0:
             return []
-        return decode_rtdetr(
-            self.raw(tiles),
-            input_size_px=self.manifest.input.size_px,
-            thresholds=self._thresholds,
-            stats=self.decode_stats,
-        )
+        return self._format.decode(self.raw(tiles), self.manifest, self._thresholds, self.decode_stats)
 
     def close(self) -> None:
         self._session = None

@@ -26,7 +26,7 @@ import numpy as np
 
 from runtime.detect.base import prepare_batch, threshold_vector
 from runtime.detect.decode import DecodeStats, decode_rtdetr
-from runtime.detect.manifest import ModelManifest
+from runtime.detect.manifest import ModelManifest, RtdetrOutput
 from runtime.detections import Detections
 from runtime.errors import ModelError
 
@@ -132,6 +132,11 @@ class TensorRTDetector:
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         spec, out_spec = self.manifest.input, self.manifest.output
+        if not isinstance(out_spec, RtdetrOutput):
+            raise ModelError(
+                f"{path}: the TensorRT engine backend reads RT-DETR bundles; this one has a "
+                f'{out_spec.format!r} output. Use model.backend = "onnx" with the TensorRT execution provider'
+            )
         if inputs != [spec.name] or outputs != [out_spec.name]:
             raise ModelError(
                 f"{path} has inputs {inputs} and outputs {outputs}; the manifest says {[spec.name]} -> "

@@ -1,0 +1,1 @@
+"""A dense (per-pixel) defect model: trained from scratch on the exact synthetic masks."""
