@@ -57,4 +57,4 @@ def dense_loss(
     else:
         ce = class_logits.sum() * 0.0
     total = focal + dice + ce
-    return total, {"focal": float(focal), "dice": float(dice), "ce": float(ce)}
+    return total, {"focal": focal.item(), "dice": dice.item(), "ce": ce.item()}

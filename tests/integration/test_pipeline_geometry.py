@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import zmq
 
 from offline_train.dataset.labels import boxes_from_mask
 from runtime.config import parse_config
 from runtime.daemon.app import Daemon
 from runtime.detect.decode import DecodeStats
-from runtime.detect.manifest import ModelManifest
+from runtime.detect.manifest import MaskOutput, ModelManifest
+from runtime.detect.mask_decode import decode_mask
 from runtime.detections import Detections
 from runtime.frame import Frame
 from runtime.scoring import ScoredBox, score_defects
@@ -112,6 +114,25 @@ class OracleDetector:
         return out
 
 
+class MaskOracleDetector(OracleDetector):
+    """The oracle as a dense model would see it: the coded regions painted into a stride-2
+    probability map, then the runtime's own mask decoder."""
+
+    def infer(self, tiles: np.ndarray) -> list[Detections]:
+        n_cls = len(DEFECT_CLASSES)
+        n, h, w = tiles.shape[:3]
+        maps = np.zeros((n, 1 + n_cls, h // 2, w // 2), np.float32)
+        for i, tile in enumerate(tiles):
+            code = tile.reshape(h // 2, 2, w // 2, 2).max(axis=(1, 3))
+            on = code > 0
+            maps[i, 0][on] = 0.9
+            cls = code.astype(np.int32) // CODE_STEP - 1
+            for c in np.unique(cls[on]):
+                maps[i, 1 + c][on & (cls == c)] = 1.0
+        thresholds = np.full(n_cls, 0.5, np.float32)
+        return decode_mask(maps, spec=MaskOutput(stride_px=2), thresholds=thresholds, stats=self.decode_stats)
+
+
 def _manifest() -> ModelManifest:
     return ModelManifest.model_validate(
         {
@@ -129,7 +150,13 @@ def _manifest() -> ModelManifest:
     )
 
 
-def _run(tmp_path: Path, endpoint: str, loom: SyntheticLoom, total_lines: int) -> list[dict[str, Any]]:
+def _run(
+    tmp_path: Path,
+    endpoint: str,
+    loom: SyntheticLoom,
+    total_lines: int,
+    detector: type[OracleDetector] = OracleDetector,
+) -> list[dict[str, Any]]:
     config = parse_config(
         {
             "line_id": "geo",
@@ -146,7 +173,7 @@ def _run(tmp_path: Path, endpoint: str, loom: SyntheticLoom, total_lines: int) -
     sub.setsockopt(zmq.SUBSCRIBE, b"roll.")
     sub.connect(endpoint)
     source = LabelSource(loom, total_lines, block_lines=500)  # frames do not align with strips
-    daemon = Daemon(config, source=source, detector=OracleDetector(_manifest()), roll_id="geo-roll")
+    daemon = Daemon(config, source=source, detector=detector(_manifest()), roll_id="geo-roll")
     received: list[dict[str, Any]] = []
     done = threading.Event()
 
@@ -168,10 +195,13 @@ def _run(tmp_path: Path, endpoint: str, loom: SyntheticLoom, total_lines: int) -
     return [e for e in received if e["kind"] == "defect"]
 
 
-def test_every_defect_is_reported_once_where_it_is(tmp_path: Path, loopback_endpoint: str) -> None:
+@pytest.mark.parametrize("detector", [OracleDetector, MaskOracleDetector], ids=["boxes", "mask-decoder"])
+def test_every_defect_is_reported_once_where_it_is(
+    tmp_path: Path, loopback_endpoint: str, detector: type[OracleDetector]
+) -> None:
     loom = SyntheticLoom(FABRICS["plain_gray"], width_px=2048, seed=21, defects_per_m=8.0, with_masks=True)
     total = 40_000  # 4 m
-    events = _run(tmp_path, loopback_endpoint, loom, total)
+    events = _run(tmp_path, loopback_endpoint, loom, total, detector)
     truth = [
         ScoredBox(t.class_name, t.x0_px, t.y0_line, t.x1_px, t.y1_line)
         for t in loom.truth
