@@ -161,6 +161,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for training (default: every core)")
     p.add_argument("--resume", action="store_true", help="continue OUT/NAME/weights/last.pt")
+    p.add_argument(
+        "--backbone-from", type=Path, default=None,
+        help="RT-DETR only: start the backbone from this dense checkpoint's encoder (--model loomsight-s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--backbone-freeze-epochs", type=int, default=2, help="keep the transferred backbone frozen this long"
+    )
     dense = p.add_argument_group("dense model (--arch dense)")
     dense.add_argument(
         "--samples-per-epoch", type=int, default=4000, help="tiles drawn per epoch (rare classes first)"
@@ -210,6 +217,8 @@ def _train_run(args: argparse.Namespace) -> int:
             lr0=args.lr0,
             warmup_epochs=args.warmup_epochs,
             threads=args.threads,
+            backbone_from=args.backbone_from,
+            backbone_freeze_epochs=args.backbone_freeze_epochs,
             command=" ".join(getattr(args, "command_line", [])),
         )
     )

@@ -80,6 +80,8 @@ class TrainOptions:
     # starting from --weights (not measured against each other here).
     warmup_epochs: float | None = None
     threads: int | None = None  # CPU threads for torch; None = every core
+    backbone_from: Path | None = None  # a dense checkpoint whose encoder starts the backbone
+    backbone_freeze_epochs: int = 2  # the transferred backbone is frozen this long
     command: str = ""  # the command line, for the training record
     augment: dict[str, float] = field(default_factory=dict)
 
@@ -154,8 +156,19 @@ def train(opts: TrainOptions) -> TrainResult:
         args = ultralytics_args(opts, data_yaml, tile_px=int(spec["tile_px"]))  # bad options fail first
         model = RTDETR(_model_source(opts))
         _keep_threads(model, model_threads)
+        if opts.weights is not None and opts.backbone_from is not None:
+            raise ConfigError(
+                "give --weights (a whole detector) or --backbone-from (a dense encoder), not both"
+            )
         if opts.weights is not None:
             model.load(str(_check_weights(Path(opts.weights))))
+        if opts.backbone_from is not None:
+            from offline_train.backbone_transfer import load_backbone, unfreeze_after
+
+            n_layers = load_backbone(model, _check_weights(Path(opts.backbone_from)))
+            if opts.backbone_freeze_epochs > 0:
+                args["freeze"] = n_layers
+                unfreeze_after(model, n_layers, opts.backbone_freeze_epochs)
         results = model.train(**args)
     trainer = model.trainer
     save_dir = Path(trainer.save_dir) if trainer is not None else run_dir

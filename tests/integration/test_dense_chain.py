@@ -1,5 +1,6 @@
 """The dense route end to end: dataset (with label masks) -> `train --arch dense` for a step ->
-`export` (a mask bundle, parity-checked) -> `train --resume` -> the daemon on the synthetic loom
+`train --resume` -> `export` (a mask bundle, parity-checked) -> fine-tune from the bundle ->
+RT-DETR `--backbone-from` the dense model -> the daemon on the synthetic loom
 with that bundle -> defect and roll events in a real SUB socket."""
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ def test_dense_model_trains_exports_resumes_and_runs_through_the_daemon(
     # fine-tuning starts from the weights the bundle carries
     assert loomsight(["train", str(ds), "--arch", "dense", "--weights", str(bundle / "checkpoint.pt"), "--epochs",
                       "1", "--batch", "4", "--samples-per-epoch", "8", "--out", str(runs), "--name", "ft"]) == 0  # fmt: skip
+
+    # RT-DETR started from the dense encoder: frozen for one epoch, then trained with the rest
+    assert loomsight(["train", str(ds), "--model", "loomsight-s", "--backbone-from", str(weights / "best.pt"),
+                      "--backbone-freeze-epochs", "1", "--epochs", "2", "--batch", "4", "--workers", "0",
+                      "--out", str(runs), "--name", "rtdetr_from_dense"]) == 0  # fmt: skip
+    assert (runs / "rtdetr_from_dense" / "weights" / "last.pt").is_file()
 
     # an untrained model at a threshold this low reports regions: enough to follow them to the SUB
     config = parse_config(
