@@ -233,7 +233,7 @@ def _detect_val(
         for tiles, labs in iter_batches(
             val, size_px=manifest.input.size_px, color=manifest.input.color, batch=16, limit=limit
         ):
-            dets += output_format(manifest).decode(det.raw(tiles), manifest, floor, DecodeStats())
+            dets += output_format(manifest).decode(det.raw(tiles), manifest, floor, DecodeStats(), None)
             labels += labs
             bar.update(len(tiles))
     return dets, labels

@@ -108,6 +108,20 @@ class CalibrationConfig(StrictModel):
     mm_per_line: float | None = Field(None, gt=0)
 
 
+UNKNOWN_CLASS = "unknown"
+
+
+class UnknownDefectsConfig(StrictModel):
+    """The open set: a dense model's class-agnostic channel sees a defect that no class is sure of."""
+
+    enabled: bool = Field(
+        False,
+        description="report a region whose peak P(defect) clears `threshold` but not its class's threshold "
+        'as class "unknown" (dense bundles only)',
+    )
+    threshold: float = Field(0.8, gt=0, le=1, description="peak P(defect) an unknown defect must reach")
+
+
 class ModelConfig(StrictModel):
     bundle: Path = Path("models/default")
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
@@ -121,6 +135,12 @@ class ModelConfig(StrictModel):
         "2-core CPU: the daemon's tiles/s is the same either way, the bare detector 5% slower without",
     )
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-class score overrides")
+    unknown_defects: UnknownDefectsConfig = Field(default_factory=UnknownDefectsConfig)
+
+    def output_classes(self, model_classes: list[str]) -> list[str]:
+        """The classes events can carry: the model's, and "unknown" when the open set is on."""
+        return [*model_classes, UNKNOWN_CLASS] if self.unknown_defects.enabled else list(model_classes)
+
     warmup_runs: int = Field(2, ge=0)
     retry_load_s: float | None = Field(
         30.0,

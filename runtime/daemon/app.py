@@ -192,7 +192,7 @@ class Daemon:
         cfg = self.config
         gap_mm = cfg.merge.gap_mm
         return DefectReporter(
-            classes=detector.manifest.classes,
+            classes=cfg.model.output_classes(detector.manifest.classes),
             geometry=WebGeometry(geometry.mm_per_px_x, geometry.mm_per_line, 0, geometry.px_to_mm_x),
             merger=Merger(
                 min_overlap_ratio=cfg.merge.min_overlap_ratio,
@@ -271,7 +271,7 @@ class Daemon:
                 detector,
                 pre,
                 batch_size=cfg.model.batch_size,
-                edge_mask_px=_edge_mask_px(cfg, detector.manifest),
+                edge_mask_px=_edge_mask_px(cfg, detector.manifest, cfg.model.unknown_defects.enabled),
             ),
             reporter=self._reporter(self.roll_id, detector, geometry),
             strip_queue=cfg.queues.strips,
@@ -420,7 +420,7 @@ def _class_gaps(gaps_mm: dict[str, float], direction: str, manifest: ModelManife
     return out
 
 
-def _edge_mask_px(cfg: LoomsightConfig, manifest: ModelManifest) -> np.ndarray | None:
+def _edge_mask_px(cfg: LoomsightConfig, manifest: ModelManifest, open_set: bool = False) -> np.ndarray | None:
     """web.edge_mask_mm (or, when the config leaves it unset, the bundle's own) as model pixels per
     class id; None when nothing is masked. A configured class the model lacks is an error."""
     mask_mm = cfg.web.edge_mask_mm if cfg.web.edge_mask_mm is not None else manifest.edge_mask_mm
@@ -434,7 +434,7 @@ def _edge_mask_px(cfg: LoomsightConfig, manifest: ModelManifest) -> np.ndarray |
         return None
     origin = "web.edge_mask_mm" if cfg.web.edge_mask_mm is not None else f"model {manifest.name}"
     log.info("edge mask (%s): %s", origin, ", ".join(f"{c} {mm:g} mm" for c, mm in mask_mm.items()))
-    out = np.zeros(len(manifest.classes), np.float64)
+    out = np.zeros(len(manifest.classes) + int(open_set), np.float64)  # "unknown" is never masked
     for name, mm in mask_mm.items():
         out[manifest.classes.index(name)] = mm / manifest.mm_per_px
     return out

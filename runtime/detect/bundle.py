@@ -45,6 +45,8 @@ def open_detector(config: ModelConfig, *, bundle_path: Path | None = None) -> De
     path = bundle_path or config.bundle
     if config.backend == "tensorrt":
         bundle = load_bundle(path, verify=["model.engine"])
+        if config.unknown_defects.enabled:
+            raise ModelError("model.unknown_defects needs a dense bundle on the onnxruntime backend")
         if bundle.manifest.output.format != "rtdetr":
             raise ModelError(
                 f"model bundle {path} has a {bundle.manifest.output.format!r} output; the TensorRT engine "
@@ -65,6 +67,7 @@ def open_detector(config: ModelConfig, *, bundle_path: Path | None = None) -> De
         intra_op_threads=config.intra_op_threads,
         intra_op_spinning=config.intra_op_spinning,
         trt_cache_dir=bundle.path / "trt_cache",
+        unknown_threshold=config.unknown_defects.threshold if config.unknown_defects.enabled else None,
     )
     if det.static_batch is not None and det.static_batch != config.batch_size:
         log.info(

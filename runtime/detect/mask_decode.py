@@ -4,7 +4,9 @@ Input (N, 1 + C, h, w): channel 0 P(defect), channels 1..C P(class | defect), on
 `stride_px` input pixels. Per tile: cells with P(defect) >= `region_floor` form regions (8-connected,
 OpenCV); a region's class is the one with the largest mass sum(P(defect) * P(class | defect)) over
 its cells, its score is its peak P(defect), and it is reported when that score clears the class's
-threshold. Its box is the cells' extent in input pixels. A tile whose map holds NaN or infinity is
+threshold. Its box is the cells' extent in input pixels. With an `unknown_threshold` (the open set),
+a region that misses its class's threshold but whose peak reaches that one is reported with class
+id C ("unknown": the agnostic channel is sure of a defect that no class is). A tile whose map holds NaN or infinity is
 skipped and counted (`DecodeStats.non_finite_tiles`), never published.
 """
 
@@ -43,6 +45,7 @@ def decode_mask(
     spec: MaskOutput,
     thresholds: np.ndarray,
     stats: DecodeStats | None = None,
+    unknown_threshold: float | None = None,
 ) -> list[Detections]:
     """Decode a batch. `thresholds` has one threshold on the region's peak P(defect) per class."""
     n_cls = len(thresholds)
@@ -50,7 +53,7 @@ def decode_mask(
         raise ValueError(f"mask output has shape {output.shape}; expected (batch, {1 + n_cls}, h, w)")
     out = output.astype(np.float32, copy=False)
     stride = float(spec.stride_px)
-    floor = min(float(spec.region_floor), float(thresholds.min()))
+    floor = min(float(spec.region_floor), float(thresholds.min()), unknown_threshold or 1.0)
     results: list[Detections] = []
     for tile in out:
         if not np.isfinite(tile).all():
@@ -74,6 +77,10 @@ def decode_mask(
         cls = mass[1:].argmax(axis=1)
         score = peak[1:]
         keep = score >= thresholds[cls]
+        if unknown_threshold is not None:
+            unknown = ~keep & (score >= unknown_threshold)
+            cls = np.where(unknown, n_cls, cls)
+            keep |= unknown
         b = boxes[1:][keep].astype(np.float32)
         xyxy = np.stack([b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]], axis=1) * stride
         results.append(

@@ -35,6 +35,7 @@ class OnnxDetector:
         intra_op_threads: int = 0,
         intra_op_spinning: bool = True,
         trt_cache_dir: Path | None = None,
+        unknown_threshold: float | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -42,6 +43,12 @@ class OnnxDetector:
         self.decode_stats = DecodeStats()
         self._thresholds = threshold_vector(manifest, thresholds or {})
         self._format = output_format(manifest)
+        if unknown_threshold is not None and not self._format.open_set:
+            raise ModelError(
+                f"model.unknown_defects is on, but {manifest.name!r} has a {manifest.output.format!r} output, "
+                "which has no class-agnostic channel; use a dense (mask) bundle or switch unknown_defects off"
+            )
+        self._unknown = unknown_threshold
         requested = providers or ["CPUExecutionProvider"]
         available = set(ort.get_available_providers())
         chosen: list[Any] = []
@@ -131,7 +138,9 @@ class OnnxDetector:
     def infer(self, tiles: np.ndarray) -> list[Detections]:
         if len(tiles) == 0:
             return []
-        return self._format.decode(self.raw(tiles), self.manifest, self._thresholds, self.decode_stats)
+        return self._format.decode(
+            self.raw(tiles), self.manifest, self._thresholds, self.decode_stats, self._unknown
+        )
 
     def close(self) -> None:
         self._session = None

@@ -21,7 +21,9 @@ from runtime.errors import ModelError
 @dataclass(frozen=True)
 class OutputFormat:
     check: Callable[[list[int | str], ModelManifest, str], None]
-    decode: Callable[[np.ndarray, ModelManifest, np.ndarray, DecodeStats], list[Detections]]
+    # raw, manifest, class thresholds, stats, open-set threshold (None: off)
+    decode: Callable[[np.ndarray, ModelManifest, np.ndarray, DecodeStats, float | None], list[Detections]]
+    open_set: bool = False  # can report class "unknown"
 
 
 def _check_rtdetr(shape: list[int | str], m: ModelManifest, where: str) -> None:
@@ -34,7 +36,7 @@ def _check_rtdetr(shape: list[int | str], m: ModelManifest, where: str) -> None:
 
 
 def _decode_rtdetr(
-    raw: np.ndarray, m: ModelManifest, thr: np.ndarray, stats: DecodeStats
+    raw: np.ndarray, m: ModelManifest, thr: np.ndarray, stats: DecodeStats, unknown: float | None
 ) -> list[Detections]:
     return decode_rtdetr(raw, input_size_px=m.input.size_px, thresholds=thr, stats=stats)
 
@@ -44,14 +46,16 @@ def _check_mask(shape: list[int | str], m: ModelManifest, where: str) -> None:
     check_mask_shape(shape, m.output, num_classes=len(m.classes), input_px=m.input.size_px, where=where)
 
 
-def _decode_mask(raw: np.ndarray, m: ModelManifest, thr: np.ndarray, stats: DecodeStats) -> list[Detections]:
+def _decode_mask(
+    raw: np.ndarray, m: ModelManifest, thr: np.ndarray, stats: DecodeStats, unknown: float | None
+) -> list[Detections]:
     assert isinstance(m.output, MaskOutput)
-    return decode_mask(raw, spec=m.output, thresholds=thr, stats=stats)
+    return decode_mask(raw, spec=m.output, thresholds=thr, stats=stats, unknown_threshold=unknown)
 
 
 FORMATS: dict[type, OutputFormat] = {
     RtdetrOutput: OutputFormat(_check_rtdetr, _decode_rtdetr),
-    MaskOutput: OutputFormat(_check_mask, _decode_mask),
+    MaskOutput: OutputFormat(_check_mask, _decode_mask, open_set=True),
 }
 
 

@@ -101,3 +101,16 @@ def test_a_bundle_whose_manifest_stride_disagrees_with_the_model_fails_at_load(t
     bundle = write_tiny_mask_bundle(tmp_path / "b", stride_px=2, manifest_stride_px=4)
     with pytest.raises(ModelError, match="stride 4 px"):
         open_detector(ModelConfig(bundle=bundle, thresholds={}))
+
+
+def test_the_open_set_reports_a_sure_region_that_misses_its_class_threshold_as_class_c() -> None:
+    out = _map()
+    out[0, 0, 1:3, 1:3] = 0.9  # sure of a defect, not of its class's threshold
+    out[0, 1, 1:3, 1:3] = 1.0
+    out[0, 0, 8:10, 8:10] = 0.4  # too faint even for the open set
+    out[0, 1, 8:10, 8:10] = 1.0
+    thresholds = np.array([0.95, 0.95], np.float32)
+    (off,) = decode_mask(out, spec=SPEC, thresholds=thresholds)
+    (on,) = decode_mask(out, spec=SPEC, thresholds=thresholds, unknown_threshold=0.8)
+    assert len(off) == 0
+    assert on.class_id.tolist() == [2] and on.score[0] == pytest.approx(0.9)
