@@ -176,7 +176,9 @@ def test_tune_writes_web_level_thresholds_into_a_copy_of_the_bundle(tmp_path: Pa
     # only the thresholds, edge mask and the record changed: the model files and their hashes did not
     assert after["sha256"] == before["sha256"]
     tuned = ("thresholds", "edge_mask_mm", "metrics")
-    assert {k: v for k, v in after.items() if k not in tuned} == {k: v for k, v in before.items() if k not in tuned}
+    assert {k: v for k, v in after.items() if k not in tuned} == {
+        k: v for k, v in before.items() if k not in tuned
+    }
     # the runtime loads the tuned bundle (its hash check included)
     from runtime.detect.bundle import load_bundle
 

@@ -38,14 +38,24 @@ def test_viky_frames_become_defect_events_on_a_sub_socket(
     tmp_path: Path, viky_cti: Path, loopback_endpoint: str
 ) -> None:
     bundle = write_tiny_bundle(
-        tmp_path / "bundle", classes=["hole"], size_px=64, overlap_px=8, mm_per_px=0.5, gain=100.0, class_bias=[45.0]
+        tmp_path / "bundle",
+        classes=["hole"],
+        size_px=64,
+        overlap_px=8,
+        mm_per_px=0.5,
+        gain=100.0,
+        class_bias=[45.0],
     )
     config = parse_config(
         {
             "line_id": "viky",
             "source": {
                 "kind": "genicam",
-                "genicam": {"cti_path": str(viky_cti), "serial_number": "0", "nodes": {"PixelFormat": "Mono8"}},
+                "genicam": {
+                    "cti_path": str(viky_cti),
+                    "serial_number": "0",
+                    "nodes": {"PixelFormat": "Mono8"},
+                },
             },
             "calibration": {"mm_per_px_x": 0.5, "mm_per_line": 0.5},
             "model": {"bundle": str(bundle), "batch_size": 8, "retry_load_s": None, "warmup_runs": 1},

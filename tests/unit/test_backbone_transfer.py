@@ -5,6 +5,7 @@ detector whose backbone is another architecture is refused with the fix named.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,8 @@ def test_the_dense_encoder_becomes_the_rtdetr_backbone(tmp_path: Path) -> None:
     path, net = _dense_ckpt(tmp_path)
     det = RTDETR(MODEL_CONFIGS["loomsight-s"])
     assert load_backbone(det, path) == 9
-    sd = det.model.state_dict()
+    inner: Any = det.model
+    sd = inner.state_dict()
     for k, v in net.encoder.state_dict().items():
         if k == "0.conv.weight":
             assert sd[f"model.{k}"].shape[1] == 3
@@ -45,6 +47,7 @@ def test_the_dense_encoder_becomes_the_rtdetr_backbone(tmp_path: Path) -> None:
             torch.testing.assert_close(sd[f"model.{k}"], v)
     # on a gray tile replicated to 3 channels the transferred stem answers like the dense one
     gray = torch.rand(1, 1, 64, 64)
+    holder: Any
     holder, _ = dense_backbone(path)
     holder.eval(), net.eval()
     torch.testing.assert_close(

@@ -83,7 +83,9 @@ def test_input_shape_mismatch_says_which(tmp_path: Path) -> None:
 
     onnx_path = darkness_detector_onnx(tmp_path / "m.onnx", size_px=32, num_classes=3)
     b = tmp_path / "mismatch"
-    write_bundle(b, {"model.onnx": onnx_path}, manifest_fields(classes=["a", "b", "c"], size_px=64, num_queries=5))
+    write_bundle(
+        b, {"model.onnx": onnx_path}, manifest_fields(classes=["a", "b", "c"], size_px=64, num_queries=5)
+    )
     with pytest.raises(ModelError, match="input shape"):
         open_detector(ModelConfig(bundle=b))
 
@@ -94,7 +96,9 @@ def test_class_count_mismatch_says_which(tmp_path: Path) -> None:
 
     onnx_path = darkness_detector_onnx(tmp_path / "m.onnx", size_px=64, num_classes=2)
     b = tmp_path / "mismatch"
-    write_bundle(b, {"model.onnx": onnx_path}, manifest_fields(classes=["a", "b", "c"], size_px=64, num_queries=5))
+    write_bundle(
+        b, {"model.onnx": onnx_path}, manifest_fields(classes=["a", "b", "c"], size_px=64, num_queries=5)
+    )
     with pytest.raises(ModelError, match="output shape"):
         open_detector(ModelConfig(bundle=b))
 

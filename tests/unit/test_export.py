@@ -18,6 +18,7 @@ import pytest
 
 from deploy.onnx_export import compare_outputs
 from deploy.thresholds import DEFAULT_GRID, TileLabels, box_iou, match_detections, sweep, tune_thresholds
+from runtime.detect.manifest import RtdetrOutput
 from runtime.detections import Detections
 from runtime.errors import ConfigError, ModelError
 
@@ -243,7 +244,8 @@ def test_export_bundle_loads_in_the_runtime_and_matches_pytorch(
         )
     )
     m = load_bundle(out, verify=["model.onnx", "model_b2.onnx"]).manifest
-    assert m.classes == CLASSES and m.input.size_px == SIZE and m.output.num_queries == 20
+    assert isinstance(m.output, RtdetrOutput) and m.output.num_queries == 20
+    assert m.classes == CLASSES and m.input.size_px == SIZE
     assert (m.mm_per_px, m.tile.overlap_px, m.input.color, m.onnx_opset) == (0.4, 16, "gray", 17)
     assert m.name == "tiny"
     assert set(m.sha256) == {"model.onnx", "model_b2.onnx"}

@@ -83,11 +83,19 @@ def test_random_boxes_match_a_brute_force_reference(streak_gaps: bool) -> None:
                 wi, wj = xyxy[i, 2] - xyxy[i, 0], xyxy[j, 2] - xyxy[j, 0]
                 hi, hj = xyxy[i, 3] - xyxy[i, 1], xyxy[j, 3] - xyxy[j, 1]
                 ios = max(ox, 0) * max(oy, 0) / min(wi * hi, wj * hj)
-                if ios >= 0.3 or (ox >= 0.5 * min(wi, wj) and oy >= -gy) or (oy >= 0.5 * min(hi, hj) and ox >= -gx):
+                if (
+                    ios >= 0.3
+                    or (ox >= 0.5 * min(wi, wj) and oy >= -gy)
+                    or (oy >= 0.5 * min(hi, hj) and ox >= -gx)
+                ):
                     parent[find(i)] = find(j)
         want = np.array([find(i) for i in range(n)])
         # same partition
-        assert len(set(zip(got.tolist(), want.tolist(), strict=True))) == len(set(got.tolist())) == len(set(want.tolist()))
+        assert (
+            len(set(zip(got.tolist(), want.tolist(), strict=True)))
+            == len(set(got.tolist()))
+            == len(set(want.tolist()))
+        )
 
 
 def test_merger_keeps_a_long_streak_open_and_emits_it_once() -> None:
@@ -101,7 +109,13 @@ def test_merger_keeps_a_long_streak_open_and_emits_it_once() -> None:
         if line0 < 6000:
             boxes.append((700, line0, 706, min(line_end, 6000)))
         xyxy = np.array(boxes, np.float64).reshape(-1, 4)
-        closed = m.update(xyxy, np.zeros(len(xyxy), int), np.full(len(xyxy), 0.8), strip_seq=s, next_line0=line_end - overlap)
+        closed = m.update(
+            xyxy,
+            np.zeros(len(xyxy), int),
+            np.full(len(xyxy), 0.8),
+            strip_seq=s,
+            next_line0=line_end - overlap,
+        )
         closed_all += closed
     assert len(closed_all) == 1
     d = closed_all[0]
@@ -120,7 +134,9 @@ def test_defect_in_the_overlap_is_reported_once() -> None:
 
 def test_flush_closes_open_defects() -> None:
     m = Merger()
-    m.update(np.array([[0, 90, 10, 100]], np.float64), np.array([0]), np.array([0.5]), strip_seq=0, next_line0=50)
+    m.update(
+        np.array([[0, 90, 10, 100]], np.float64), np.array([0]), np.array([0.5]), strip_seq=0, next_line0=50
+    )
     out = m.flush()
     assert len(out) == 1 and not out[0].is_open and m.open_defects == ()
 

@@ -42,5 +42,7 @@ def test_flat_field_is_applied_before_resampling() -> None:
         def apply_flat_field(self, pixels: np.ndarray) -> np.ndarray:
             return np.clip(pixels.astype(np.int32) * 2, 0, 255).astype(np.uint8)
 
-    pre = Preprocessor(camera_mm_per_px=0.1, camera_mm_per_line=0.1, model_mm_per_px=0.1, flat_field=Doubler())
+    pre = Preprocessor(
+        camera_mm_per_px=0.1, camera_mm_per_line=0.1, model_mm_per_px=0.1, flat_field=Doubler()
+    )
     assert pre(_strip(np.full((8, 8), 50, np.uint8))).pixels.mean() == 100
