@@ -146,8 +146,11 @@ def tune_thresholds(
     iou_min: float = 0.5,
     grid: np.ndarray = DEFAULT_GRID,
     default: float = 0.5,
+    min_found: int = 3,
 ) -> dict[str, ClassTuning]:
-    """The F1-optimal threshold per class; `detections` must be decoded at or below min(grid)."""
+    """The F1-optimal threshold per class; `detections` must be decoded at or below min(grid).
+    A class whose best threshold finds fewer than `min_found` true positives keeps `default`: a
+    threshold chosen on one or two tiles is noise (the rule `loomsight tune` applies at web level)."""
     out: dict[str, ClassTuning] = {}
     matches = match_detections(detections, labels, len(classes), iou_min=iou_min)
     for name, m in zip(classes, matches, strict=True):
@@ -164,6 +167,14 @@ def tune_thresholds(
             out[name] = ClassTuning(
                 name, default, p, r, f, m.n_labels, False, "no true positive at any threshold"
             )
+            continue
+        found = int(round(recall[best] * m.n_labels))
+        if found < min_found:
+            p, r, f = _at(m, default)
+            out[name] = ClassTuning(
+                name, default, p, r, f, m.n_labels, False,
+                f"its best threshold ({grid[best]:.2f}) finds {found} true positive(s), fewer than {min_found}",
+            )  # fmt: skip
             continue
         out[name] = ClassTuning(
             name,

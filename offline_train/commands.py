@@ -22,10 +22,14 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim-length-m", type=float, default=2.0, help="length of each simulated web")
     p.add_argument("--sim-width-px", type=int, default=2048)
     p.add_argument("--sim-defects-per-m", type=float, default=6.0)
-    p.add_argument("--camera-mm-per-px", type=float, default=0.1, help="resolution of the clean webs, across")
     p.add_argument(
-        "--camera-mm-per-line", type=float, default=0.1, help="resolution of the clean webs, along"
-    )
+        "--camera-mm-per-px", type=float, default=None,
+        help="resolution of the clean webs, across (required with --clean; the simulator's 0.1 with --sim-webs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--camera-mm-per-line", type=float, default=None,
+        help="resolution of the clean webs, along (default: --camera-mm-per-px)",
+    )  # fmt: skip
     p.add_argument("--mm-per-px", type=float, default=0.4, help="the model's resolution")
     p.add_argument("--tile-px", type=int, default=256)
     p.add_argument("--overlap-px", type=int, default=32)
@@ -53,6 +57,15 @@ def _dataset_run(args: argparse.Namespace) -> int:
 
     if bool(args.sim_webs) == bool(args.clean):
         raise ConfigError("give exactly one source of clean webs: --sim-webs N or --clean DIR")
+    if args.camera_mm_per_px is None:
+        if args.clean:
+            raise ConfigError(
+                "--clean needs --camera-mm-per-px (the images' mm per pixel across): tiles are resampled to the "
+                f"model's {args.mm_per_px} mm/px, so a wrong guess changes every defect's size"
+            )
+        args.camera_mm_per_px = 0.1  # the simulator's camera
+    if args.camera_mm_per_line is None:
+        args.camera_mm_per_line = args.camera_mm_per_px
     spec = DatasetSpec(
         classes=tuple(DEFECT_CLASSES),
         mm_per_px=args.mm_per_px,

@@ -137,7 +137,7 @@ def train(opts: TrainOptions) -> TrainResult:
         raise ConfigError(f"{opts.dataset} has no data.yaml; build one with `loomsight dataset`")
     card = read_card(opts.dataset)
     spec = card["spec"]
-    ensure_offline()
+    ensure_offline(Path(opts.out).resolve())  # ultralytics' settings under --out, not the working directory
     from ultralytics import RTDETR
 
     run_dir = Path(opts.out).resolve() / opts.name

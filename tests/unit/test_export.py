@@ -79,6 +79,16 @@ def test_tuning_picks_the_f1_optimal_threshold() -> None:
     assert not stain.tuned and stain.threshold == 0.5 and "no labels" in stain.note
 
 
+def test_a_threshold_found_on_fewer_than_three_true_positives_is_not_tuned() -> None:
+    # one stain label, found once at 0.07 with a false alarm at 0.05: the best F1 is at the grid's
+    # floor, chosen on one tile; export keeps the default instead (the ">= 3 found" rule of tune)
+    dets = [_dets([(BOX, 1, 0.07)]), _dets([(ELSEWHERE, 1, 0.05)])]
+    labels = [_labels([(BOX, 1)]), _labels([])]
+    stain = tune_thresholds(dets, labels, CLASSES)["stain"]
+    assert not stain.tuned and stain.threshold == 0.5 and "fewer than 3" in stain.note
+    assert tune_thresholds(dets, labels, CLASSES, min_found=1)["stain"].tuned
+
+
 def test_sweep_equals_rematching_at_every_threshold() -> None:
     """The one-matching-for-all-thresholds shortcut agrees with matching afresh at each threshold."""
     rng = np.random.default_rng(3)

@@ -37,3 +37,13 @@ def test_lr0_picks_adamw_and_bad_warmup_is_named(tmp_path: Path) -> None:
     assert "lr0" not in _args(tmp_path)
     with pytest.raises(ConfigError, match="--warmup-epochs -1"):
         _args(tmp_path, warmup_epochs=-1.0)
+
+
+def test_a_dataset_from_clean_images_needs_their_scale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runtime.cli import main as loomsight
+
+    (tmp_path / "clean").mkdir()
+    assert loomsight(["dataset", "--out", str(tmp_path / "ds"), "--clean", str(tmp_path / "clean")]) != 0
+    assert "--clean needs --camera-mm-per-px" in capsys.readouterr().err
