@@ -168,7 +168,7 @@ def tune_thresholds(
                 name, default, p, r, f, m.n_labels, False, "no true positive at any threshold"
             )
             continue
-        found = int(round(recall[best] * m.n_labels))
+        found = round(float(recall[best]) * m.n_labels)
         if found < min_found:
             p, r, f = _at(m, default)
             out[name] = ClassTuning(
