@@ -229,7 +229,8 @@ def evaluate_rolls(
             for r in rolls
         ],
         "web_class_aware": _scores_dict(aware),
-        "web_class_agnostic": {"all": agnostic["all"].to_dict()},
+        # per true class: found by a report of any class (the open-set view: was it seen at all?)
+        "web_class_agnostic": _scores_dict(agnostic),
         "duplicate_rate": round(aware["all"].duplicates / n_events, 4) if n_events else 0.0,
         **review,
     }
@@ -310,6 +311,12 @@ def format_report(report: dict[str, Any]) -> str:
         )
     ag = report["web_class_agnostic"]["all"]
     lines.append(f"class-agnostic: recall {ag['recall']}, precision {ag['precision']}")
+    per_class = {c: v for c, v in report["web_class_agnostic"].items() if c != "all" and v.get("n_truth")}
+    if per_class:
+        lines.append(
+            "class-agnostic recall per true class: "
+            + ", ".join(f"{c} {f(v['recall']).strip()}" for c, v in per_class.items())
+        )
     lines.append(f"duplicate events: {report['duplicate_rate'] * 100:.2f}%")
     if "tile" in report:
         lines.append(f"tile mAP50 {report['tile']['mAP50']:.3f}, mAP50-95 {report['tile']['mAP50_95']:.3f}")
