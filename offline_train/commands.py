@@ -53,7 +53,7 @@ def _dataset_run(args: argparse.Namespace) -> int:
     from offline_train.dataset.builder import DatasetSpec, build_dataset
     from offline_train.dataset.webs import folder_webs, simulator_webs
     from runtime.errors import ConfigError
-    from runtime.sim.defects import DEFECT_CLASSES
+    from runtime.taxonomy import DEFECT_CLASSES
 
     if bool(args.sim_webs) == bool(args.clean):
         raise ConfigError("give exactly one source of clean webs: --sim-webs N or --clean DIR")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runtime.errors import ConfigError
+from runtime.taxonomy import ACROSS_WEB_STREAKS, ALONG_WEB_STREAKS, UNKNOWN_CLASS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -108,9 +109,6 @@ class CalibrationConfig(StrictModel):
     mm_per_line: float | None = Field(None, gt=0)
 
 
-UNKNOWN_CLASS = "unknown"
-
-
 class UnknownDefectsConfig(StrictModel):
     """The open set: a dense model's class-agnostic channel sees a defect that no class is sure of."""
 
@@ -201,8 +199,8 @@ class WebConfig(StrictModel):
         return self
 
 
-DEFAULT_ALONG_WEB_GAP_MM = {"broken_end": 150.0}
-DEFAULT_ACROSS_WEB_GAP_MM = {"broken_pick": 150.0}
+DEFAULT_ALONG_WEB_GAP_MM = dict.fromkeys(sorted(ALONG_WEB_STREAKS), 150.0)
+DEFAULT_ACROSS_WEB_GAP_MM = dict.fromkeys(sorted(ACROSS_WEB_STREAKS), 150.0)
 
 
 class MergeConfig(StrictModel):

@@ -12,9 +12,10 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from runtime.taxonomy import HOLE_CLASSES
+
 MM_PER_INCH = 25.4
 MM_PER_YARD = 914.4
-HOLE_CLASSES = frozenset({"hole"})
 
 
 def defect_points(class_name: str, w_mm: float, h_mm: float) -> int:

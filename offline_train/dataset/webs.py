@@ -54,9 +54,9 @@ def simulator_webs(
     class_weights: dict[str, float] | None = None,
 ) -> Iterator[LabelledWeb]:
     """`count` webs from the synthetic loom: catalog fabrics and random variations, with masks."""
-    from runtime.sim.defects import DEFECT_CLASSES
     from runtime.sim.fabric import FABRICS, random_fabric
     from runtime.sim.loom import render_web
+    from runtime.taxonomy import DEFECT_CLASSES
 
     rng = np.random.default_rng(seed)
     names = sorted(FABRICS)

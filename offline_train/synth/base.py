@@ -29,7 +29,7 @@ MASK_DILATION_PX = 2
 
 def defect_classes() -> tuple[str, ...]:
     """The simulator's defect class names (imported lazily: the simulator is a runtime module)."""
-    from runtime.sim.defects import DEFECT_CLASSES
+    from runtime.taxonomy import DEFECT_CLASSES
 
     return tuple(DEFECT_CLASSES)
 

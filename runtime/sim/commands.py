@@ -99,9 +99,9 @@ def run_sim(args: argparse.Namespace) -> int:
     import numpy as np
 
     from runtime.errors import ConfigError
-    from runtime.sim.defects import DEFECT_CLASSES
     from runtime.sim.fabric import get_fabric
     from runtime.sim.loom import SyntheticLoom
+    from runtime.taxonomy import DEFECT_CLASSES
 
     fabric = get_fabric(args.fabric)
     if args.length_m <= 0:

@@ -1,6 +1,6 @@
 """Defect classes of the synthetic loom, their default sizes, and how a defect is drawn at random.
 
-`DEFECT_CLASSES` is the model's class list (its order is the class id). A `DefectPlan` is one
+`DEFECT_CLASSES` (defined in runtime.taxonomy) is the model's class list (its order is the class id). A `DefectPlan` is one
 defect before rendering: its class, where it starts on the roll, where across, and its sampled
 parameters in pixels/lines. `runtime.sim.defect_render` turns a plan into pixels and an exact mask.
 
@@ -19,18 +19,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import ConfigError
-
-DEFECT_CLASSES: tuple[str, ...] = (
-    "hole",
-    "stain",
-    "broken_end",
-    "broken_pick",
-    "knot",
-    "slub",
-    "thin_place",
-    "float",
-    "contamination",
-)
+from runtime.taxonomy import DEFECT_CLASSES
 
 # Default parameter ranges per class: (low, high) are drawn uniformly; a scalar is used as is.
 DEFAULTS: dict[str, dict[str, Any]] = {

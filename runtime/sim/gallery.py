@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from runtime.sim.defects import DEFECT_CLASSES
 from runtime.sim.fabric import FABRICS, FabricSpec
 from runtime.sim.loom import SyntheticLoom
+from runtime.taxonomy import DEFECT_CLASSES
 
 CELL = 240
 LABEL_W = 150
