@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from offline_train.synth.base import Synthesizer
+from offline_train.synth.blobs import BlobSynthesizer
 from offline_train.synth.cutpaste import CutPasteSynthesizer
 from offline_train.synth.library import DefectLibrary
 from offline_train.synth.perlin import PerlinSynthesizer
@@ -18,12 +19,14 @@ def default_synthesizers(
 ) -> list[Synthesizer]:
     """Perlin stains (`perlin_stain`), Perlin foreign-matter blobs (`perlin_contamination`, using
     `texture_bank` pictures of other fabrics when given), warp and weft streaks (`streak_broken_end`,
-    `streak_broken_pick`), and cut-paste (`cutpaste`) when a non-empty `library` is given."""
+    `streak_broken_pick`), small bright or dark lumps (`blob_knot`: knots, neps, fuzz balls), and
+    cut-paste (`cutpaste`) when a non-empty `library` is given."""
     synths: list[Synthesizer] = [
         PerlinSynthesizer("stain"),
         PerlinSynthesizer("contamination", texture_bank=texture_bank),
         StreakSynthesizer("broken_end"),
         StreakSynthesizer("broken_pick"),
+        BlobSynthesizer("knot"),
     ]
     if library is not None and len(library) > 0:
         synths.append(CutPasteSynthesizer(library))

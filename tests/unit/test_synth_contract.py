@@ -16,6 +16,7 @@ import pytest
 
 from offline_train.dataset.labels import boxes_from_mask
 from offline_train.synth.base import MASK_DILATION_PX, Synthesizer, SynthResult
+from offline_train.synth.blobs import BlobSynthesizer
 from offline_train.synth.cutpaste import CutPasteSynthesizer
 from offline_train.synth.library import DefectCrop, DefectLibrary
 from offline_train.synth.perlin import PerlinSynthesizer
@@ -80,6 +81,7 @@ SYNTHS: dict[str, Callable[[], Synthesizer]] = {
     "streak_broken_end": lambda: StreakSynthesizer("broken_end"),
     "streak_broken_pick": lambda: StreakSynthesizer("broken_pick"),
     "cutpaste": lambda: CutPasteSynthesizer(small_library()),
+    "blob_knot": lambda: BlobSynthesizer("knot"),
 }
 
 
@@ -137,7 +139,7 @@ def test_same_seed_same_sample_and_other_seeds_differ(which: str) -> None:
     assert not np.array_equal(a.mask, c.mask)
 
 
-@pytest.mark.parametrize("which", ["perlin_stain", "perlin_contamination", "cutpaste"])
+@pytest.mark.parametrize("which", ["perlin_stain", "perlin_contamination", "cutpaste", "blob_knot"])
 def test_every_kept_blob_is_above_the_contrast_floor(which: str) -> None:
     synth = SYNTHS[which]()
     rng = np.random.default_rng(0)
@@ -151,7 +153,7 @@ def test_every_kept_blob_is_above_the_contrast_floor(which: str) -> None:
             continue
         kept += 1
         floor = synth.min_contrast  # type: ignore[attr-defined]
-        if which.startswith("perlin"):
+        if which.startswith(("perlin", "blob")):
             floor = max(floor, synth.relative_contrast * tile.std())  # type: ignore[attr-defined]
         diff = np.abs(result.image.astype(int) - tile.astype(int))
         n, labels = cv2.connectedComponents(result.mask.astype(np.uint8), connectivity=8)
@@ -186,7 +188,13 @@ def test_faint_samples_are_rejected_not_labelled() -> None:
 def test_default_set_names_classes_and_protocol() -> None:
     plain = default_synthesizers()
     names = [s.name for s in plain]
-    assert names == ["perlin_stain", "perlin_contamination", "streak_broken_end", "streak_broken_pick"]
+    assert names == [
+        "perlin_stain",
+        "perlin_contamination",
+        "streak_broken_end",
+        "streak_broken_pick",
+        "blob_knot",
+    ]
     with_lib = default_synthesizers(small_library())
     assert [s.name for s in with_lib] == [*names, "cutpaste"]
     assert with_lib[-1].classes == ("hole", "broken_end", "knot")
@@ -202,3 +210,15 @@ def test_default_set_names_classes_and_protocol() -> None:
 def test_bad_tiles_are_refused_with_the_reason(bad: np.ndarray) -> None:
     with pytest.raises(ValueError, match=r"tile|uint8"):
         PerlinSynthesizer("stain")(bad, np.random.default_rng(0))
+
+
+def test_blobs_are_a_few_pixels_across_like_knots_and_neps() -> None:
+    synth = BlobSynthesizer("knot", size_px_range=(2.0, 6.0), cluster_probability=0.0)
+    areas = []
+    for seed in SEEDS:
+        r = synth(weave_tile(seed=seed), np.random.default_rng(seed))
+        if r is not None:
+            x0, y0, x1, y1 = boxes_from_mask(r.mask, min_area_px=1)[0]
+            areas.append(int(r.mask.sum()))
+            assert max(x1 - x0, y1 - y0) <= 8 and r.class_name == "knot"
+    assert len(areas) >= 0.8 * len(SEEDS) and max(areas) <= 50
