@@ -189,6 +189,23 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     dense.add_argument(
         "--hours", type=float, default=None, help="stop after this much training time (resumable)"
     )
+    dense.add_argument(
+        "--also", action="append", default=[], metavar="DIR[:WEIGHT]",
+        help="mix in another dataset's train tiles (e.g. `loomsight mine` hard negatives), their draws x WEIGHT",
+    )  # fmt: skip
+
+
+def _parse_also(values: list[str]) -> list[tuple[Path, float]]:
+    out = []
+    for v in values:
+        path, _, weight = v.partition(":")
+        try:
+            out.append((Path(path), float(weight) if weight else 1.0))
+        except ValueError:
+            from runtime.errors import ConfigError
+
+            raise ConfigError(f"--also {v!r}: expected DIR or DIR:WEIGHT with a number") from None
+    return out
 
 
 def _train_dense(args: argparse.Namespace) -> int:
@@ -200,7 +217,7 @@ def _train_dense(args: argparse.Namespace) -> int:
             batch=args.batch, samples_per_epoch=args.samples_per_epoch,
             lr0=args.lr0 if args.lr0 is not None else (5e-4 if args.weights else 2e-3),
             threads=args.threads, seed=args.seed, resume=args.resume,
-            checkpoint_every_s=args.checkpoint_every_s, hours=args.hours,
+            checkpoint_every_s=args.checkpoint_every_s, hours=args.hours, also=_parse_also(args.also),
             command=" ".join(getattr(args, "command_line", [])),
         )
     )  # fmt: skip
@@ -350,6 +367,29 @@ def _tune_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="model bundle whose false alarms to collect")
+    p.add_argument("--out", type=Path, required=True, help="dataset directory of hard negatives to write")
+    p.add_argument("--sim-webs", type=int, required=True, help="clean simulator webs to render")
+    p.add_argument("--sim-length-m", type=float, default=2.0)
+    p.add_argument("--min-peak", type=float, default=0.3, help="keep tiles whose peak score reaches this")
+    p.add_argument("--seed", type=int, default=70001, help="webs' first seed (keep apart from eval seeds)")
+
+
+def _mine_run(args: argparse.Namespace) -> int:
+    from offline_train.dense.mining import mine_hard_negatives
+
+    if args.sim_webs < 1:
+        from runtime.errors import ConfigError
+
+        raise ConfigError(f"--sim-webs must be >= 1, got {args.sim_webs}")
+    recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)}
+    stats = mine_hard_negatives(args.bundle, args.out, sim_webs=args.sim_webs, min_peak=args.min_peak,
+                                seed=args.seed, length_m=args.sim_length_m, recipe=recipe)  # fmt: skip
+    print(json.dumps({"out": str(args.out), **stats}))
+    return 0
+
+
 TRAIN_NEEDS = ("torch", "torchvision", "ultralytics")
 
 DATASET = Command(
@@ -373,6 +413,13 @@ EVAL = Command(
     run=_eval_run,
     extra="train",
     needs=("pycocotools",),
+)
+
+MINE = Command(
+    name="mine",
+    help="hard negatives: clean simulator tiles on which a bundle fires, as a dataset for --also",
+    add_arguments=_mine_args,
+    run=_mine_run,
 )
 
 TUNE = Command(

@@ -115,9 +115,11 @@ def build_dataset(
     progress: Callable[[str], None] | None = None,
     sheet_samples: int = 48,
     recipe: dict[str, Any] | None = None,
+    keep_clean: Callable[[np.ndarray], bool] | None = None,
 ) -> DatasetCard:
     """Tile, label and write `webs`; `recipe` (how the webs and synthesizers were chosen, e.g. the
-    command's arguments) is recorded in the card so the dataset can be rebuilt."""
+    command's arguments) is recorded in the card so the dataset can be rebuilt. `keep_clean`, when
+    given, decides which defect-free tiles are kept as negatives (hard-negative mining)."""
     out_dir = Path(out_dir)
     writer = DatasetWriter(out_dir, spec.classes)
     tiler = Tiler(spec.tile_px, spec.overlap_px)
@@ -177,7 +179,9 @@ def build_dataset(
                     if not boxes:
                         continue
                     source = result.synthesizer
-                elif rng.random() >= spec.clean_keep_probability:
+                elif rng.random() >= spec.clean_keep_probability or (
+                    keep_clean is not None and not keep_clean(tile)
+                ):
                     continue
                 else:
                     source = "clean"

@@ -60,6 +60,7 @@ class DenseOptions:
     resume: bool = False
     checkpoint_every_s: float = 300.0
     hours: float | None = None  # stop (checkpointed, resumable) after this much wall clock
+    also: list[tuple[Path, float]] = field(default_factory=list)  # extra datasets' train tiles, draw weight
     command: str = ""
 
 
@@ -212,6 +213,16 @@ def train_dense(opts: DenseOptions) -> DenseResult:
     model.to(memory_format=torch.channels_last)
     ce_weights = torch.from_numpy(class_pixel_weights(train_rec, len(classes)))
     sampler_w = sampling_weights(train_rec, opts.clean_share)
+    for extra_dir, weight in opts.also:
+        extra = list_split(Path(extra_dir), "train")
+        if list(read_card(Path(extra_dir))["spec"]["classes"]) != classes:
+            raise ConfigError(f"--also {extra_dir}: its classes differ from {dataset}'s {classes}")
+        # each extra tile is drawn as often as an average tile of the main set, times `weight`
+        extra_w = sampling_weights(extra, opts.clean_share) * (weight * len(extra) / len(train_rec))
+        sampler_w = np.concatenate([sampler_w, extra_w])
+        sampler_w /= sampler_w.sum()
+        train_rec = train_rec + extra
+        log.info("--also %s: %d tiles, draw weight %g", extra_dir, len(extra), weight)
     ds = TileMaskDataset(train_rec, channels=channels, augment=True, seed=opts.seed)
     log.info(
         "dense model %.2f M parameters, %d classes, %d train / %d val tiles, %d steps per epoch",

@@ -96,9 +96,18 @@ def test_dense_model_trains_exports_resumes_and_runs_through_the_daemon(
     assert b.manifest.metrics["parity"]["model.onnx"]["max_abs_diff_probability"] < 1e-3
     assert sorted(b.manifest.sha256) == ["checkpoint.pt", "loomsight_train.json", "model.onnx"]
 
-    # fine-tuning starts from the weights the bundle carries
-    assert loomsight(["train", str(ds), "--arch", "dense", "--weights", str(bundle / "checkpoint.pt"), "--epochs",
-                      "1", "--batch", "4", "--samples-per-epoch", "8", "--out", str(runs), "--name", "ft"]) == 0  # fmt: skip
+    # hard negatives: clean tiles the bundle fires on (every one, at a peak floor of 0), then a
+    # fine-tune from the weights the bundle carries with them mixed in
+    hn = tmp_path / "hardneg"
+    assert loomsight(["mine", str(bundle), "--out", str(hn), "--sim-webs", "2", "--sim-length-m", "0.3",
+                      "--min-peak", "0"]) == 0  # fmt: skip
+    mined = json.loads((hn / "mining.json").read_text())
+    assert mined["tiles_seen"] > 0 and sum(mined["kept"].values()) == mined["tiles_seen"]
+    assert all(not p.read_text().strip() for p in (hn / "labels" / "train").glob("*.txt"))  # negatives only
+    assert loomsight(["train", str(ds), "--arch", "dense", "--weights", str(bundle / "checkpoint.pt"), "--also",
+                      f"{hn}:2", "--epochs", "1", "--batch", "4", "--samples-per-epoch", "8", "--out", str(runs),
+                      "--name", "ft"]) == 0  # fmt: skip
+    assert (runs / "ft" / "weights" / "best.pt").is_file()
 
     # RT-DETR started from the dense encoder: frozen for one epoch, then trained with the rest
     assert loomsight(["train", str(ds), "--model", "loomsight-s", "--backbone-from", str(weights / "best.pt"),
