@@ -213,7 +213,32 @@ class Daemon:
             roll_id=roll_id,
             model_name=detector.manifest.name,
             crops=CropOptions(cfg.publish.jpeg_crops, cfg.publish.crop_max_px, cfg.publish.jpeg_quality),
+            roll_fields=self._roll_fields(detector, geometry),
         )
+
+    def _roll_fields(self, detector: Detector, geometry: CameraGeometry) -> dict[str, Any]:
+        """What a roll's start event records for its report: model, calibration, acceptance."""
+        g = self.config.grading
+        manifest = detector.manifest
+        return {
+            "model": {
+                "name": manifest.name,
+                "classes": list(manifest.classes),
+                "mm_per_px": manifest.mm_per_px,
+            },
+            "calibration": {
+                "source": geometry.source,
+                "mm_per_px_x": geometry.mm_per_px_x,
+                "mm_per_line": geometry.mm_per_line,
+                "lens_model": geometry.px_to_mm_x is not None,
+            },
+            "acceptance": {"points_per_100_sq_yd": g.accept_points_per_100_sq_yd},
+            "stop_rule": {
+                "points_per_100_sq_yd": g.stop_points_per_100_sq_yd,
+                "classes": list(g.stop_classes),
+                "open_length_mm": g.stop_open_length_mm,
+            },
+        }
 
     # -- lifecycle ------------------------------------------------------------------------------
     def build(self) -> Pipeline:
