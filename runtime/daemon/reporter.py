@@ -104,6 +104,7 @@ class DefectReporter:
         self._gaps_lines: list[tuple[int, int, str]] = []
         self._gap_count = 0
         self._covered_to: int | None = None  # one past the last roll line an inspected strip held
+        self.start_seq = 0  # the spool seq of the roll's start event (0: not published yet, or held)
         self.stats = ReporterStats()
         self._best: dict[int, _Best] = {}
         self._roll_line0: int | None = None
@@ -149,7 +150,7 @@ class DefectReporter:
     def start_roll(self, roll_line0: int = 0, **fields: Any) -> None:
         self._roll_line0 = roll_line0
         self.stats.last_line = roll_line0
-        self.publisher.publish("roll", {"state": "start", **fields}, roll_id=self.roll_id)
+        self.start_seq = self.publisher.publish("roll", {"state": "start", **fields}, roll_id=self.roll_id)
 
     def on_strip(self, result: StripResult) -> list[dict[str, Any]]:
         """Merge a strip's boxes; publish what closed. Returns the defect events' fields."""

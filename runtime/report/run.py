@@ -21,17 +21,19 @@ def report_spool(
     every_roll: bool = False,
     crops: bool = False,
     accept_points_per_100_sq_yd: float | None = None,
+    since_seq: int = 0,
 ) -> list[dict[str, Any]]:
-    """Write the reports; returns them. No roll id and not `every_roll`: the newest roll."""
+    """Write the reports; returns them. No roll id and not `every_roll`: the newest roll.
+    `since_seq`: read only the events after it (the daemon knows where its roll started)."""
     if accept_points_per_100_sq_yd is not None and not accept_points_per_100_sq_yd > 0:
         raise ReportError(
             f"--accept-points-per-100-sq-yd {accept_points_per_100_sq_yd}: must be > 0 (40 is the usual limit)"
         )
     with SpoolRolls(spool) as reader:
         if roll_id is not None:
-            rolls = [reader.roll(roll_id)]
+            rolls = [reader.roll(roll_id, since_seq)]
         else:
-            found = reader.rolls()
+            found = reader.rolls(since_seq)
             if not found:
                 raise ReportError(f"spool {reader.path} holds no roll events yet; run the daemon first")
             rolls = list(found.values()) if every_roll else [list(found.values())[-1]]

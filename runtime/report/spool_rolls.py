@@ -65,11 +65,13 @@ class SpoolRolls:
     def close(self) -> None:
         self._conn.close()
 
-    def rolls(self) -> dict[str, RollEvents]:
-        """Every roll the spool holds events of, by roll id, in the order they started."""
+    def rolls(self, since_seq: int = 0) -> dict[str, RollEvents]:
+        """Every roll the spool holds events of (after `since_seq`), by roll id, in the order they started."""
         rolls: dict[str, RollEvents] = {}
         cursor = self._conn.execute(
-            "SELECT seq, kind, body, crop IS NOT NULL FROM events WHERE kind IN ('roll', 'defect', 'stop') ORDER BY seq"
+            "SELECT seq, kind, body, crop IS NOT NULL FROM events"
+            " WHERE seq > ? AND kind IN ('roll', 'defect', 'stop') ORDER BY seq",
+            (since_seq,),
         )
         for seq, kind, raw, has_crop in cursor:
             body = _parse(raw, seq, self.path)
@@ -93,8 +95,8 @@ class SpoolRolls:
                 roll.end = body
         return rolls
 
-    def roll(self, roll_id: str) -> RollEvents:
-        rolls = self.rolls()
+    def roll(self, roll_id: str, since_seq: int = 0) -> RollEvents:
+        rolls = self.rolls(since_seq)
         if roll_id not in rolls:
             known = ", ".join(list(rolls)[-10:]) or "none"
             raise ReportError(
