@@ -237,8 +237,9 @@ def _draw_panel(img: np.ndarray, report: dict[str, Any], panel: Panel) -> None:
         y = Y(at)
         cv2.line(img, (left - 2, y), (right, y), STOP, 2)
         text = f"STOP {stop['reason']}"
-        (tw, _), _ = cv2.getTextSize(text, FONT, 0.4, 1)
-        cv2.putText(img, text, (right - tw - 2, y - 4), FONT, 0.4, STOP, 1, cv2.LINE_AA)
+        (tw, th), _ = cv2.getTextSize(text, FONT, 0.4, 1)
+        ty = y - 4 if y - th - 4 > top else y + th + 5  # below the line at the panel's top edge
+        cv2.putText(img, text, (right - tw - 2, ty), FONT, 0.4, STOP, 1, cv2.LINE_AA)
 
 
 def _marker(img: np.ndarray, centre: tuple[int, int], marker: int, colour: tuple[int, int, int]) -> None:
