@@ -2,7 +2,9 @@
 
 The spool is opened with SQLite's `mode=ro` URI: a reader never writes, never takes a write lock
 and, the spool being in WAL mode, never blocks the running daemon (nor is blocked by it). Reading
-is a few plain SELECTs in seq order; crops are fetched one by one only when asked for.
+is a few plain SELECTs in seq order; crops are fetched one by one only when asked for. The
+database file is never written; like every WAL reader, SQLite may create the `-wal`/`-shm` side
+files beside it when the daemon is not running (the daemon uses them as they are).
 
 A roll is every event whose `roll_id` it is: its `roll` start event (header fields), its
 `defect` and `stop` events, and its `roll` end event (the daemon's summary, or the explicit end
