@@ -235,6 +235,18 @@ class GradingConfig(StrictModel):
         1000.0, gt=0, description="a streak still open past this stops the loom"
     )
     stop_min_inspected_m: float = Field(5.0, ge=0, description="the points rule waits for this much web")
+    accept_points_per_100_sq_yd: float = Field(
+        40.0,
+        gt=0,
+        description="a roll passes when its points per 100 sq yd are at most this (the roll report's pass/fail)",
+    )
+
+
+class ReportConfig(StrictModel):
+    """The roll report (JSON, CSV, PNG defect map) written by the daemon at every roll end."""
+
+    dir: Path | None = Field(None, description="write each ended roll's report here; None = off")
+    crops: bool = Field(False, description="also write each defect's JPEG crop")
 
 
 class PublishConfig(StrictModel):
@@ -294,6 +306,7 @@ class LoomsightConfig(StrictModel):
     web: WebConfig = Field(default_factory=WebConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     grading: GradingConfig = Field(default_factory=GradingConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)

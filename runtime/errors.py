@@ -42,3 +42,7 @@ class MissingExtraError(LoomsightError):
             f"'loomsight {command}' needs the '{extra}' extra (module {missing_module!r} is not installed): "
             f"pip install 'loomsight[{extra}]'"
         )
+
+
+class ReportError(LoomsightError):
+    """A roll report cannot be made: no such roll in the spool, or an output folder not writable."""

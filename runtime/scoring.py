@@ -162,3 +162,27 @@ def score_defects(
             total.missed.append(i)
     scores["all"] = total
     return scores
+
+
+def match_pairs(
+    truth: Sequence[ScoredBox],
+    reported: Sequence[ScoredBox],
+    *,
+    class_aware: bool = True,
+    iou_min: float = 0.3,
+) -> list[tuple[int, int]]:
+    """(truth index, report index) for every report that confirms a true defect, by the rule of
+    `score_defects` (overlap or centre inside, same class; each report its first unclaimed truth)."""
+    truth, reported = list(truth), list(reported)
+    match = _match_matrix(truth, reported, iou_min)
+    if class_aware and truth and reported:
+        match &= np.array([[t.class_name == r.class_name for r in reported] for t in truth])
+    claimed = np.zeros(len(truth), bool)
+    pairs: list[tuple[int, int]] = []
+    for j in range(len(reported)):
+        hits = np.flatnonzero(match[:, j]) if truth else np.zeros(0, int)
+        free = hits[~claimed[hits]]
+        if len(free):
+            claimed[free[0]] = True
+            pairs.append((int(free[0]), j))
+    return pairs

@@ -122,6 +122,7 @@ class Daemon:
         self._model_error: str | None = None
         self.control: Any = None  # runtime.daemon.control.ControlServer when publish.control_endpoint is set
         self.interrupted_roll: dict[str, Any] | None = None  # the roll a crash left open, closed at build()
+        self.roll_reports: Any = None  # runtime.report.at_roll_end.RollEndReports when report.dir is set
 
     # -- control (thread- and signal-safe) ------------------------------------------------------
     def stop(self) -> None:
@@ -213,7 +214,32 @@ class Daemon:
             roll_id=roll_id,
             model_name=detector.manifest.name,
             crops=CropOptions(cfg.publish.jpeg_crops, cfg.publish.crop_max_px, cfg.publish.jpeg_quality),
+            roll_fields=self._roll_fields(detector, geometry),
         )
+
+    def _roll_fields(self, detector: Detector, geometry: CameraGeometry) -> dict[str, Any]:
+        """What a roll's start event records for its report: model, calibration, acceptance."""
+        g = self.config.grading
+        manifest = detector.manifest
+        return {
+            "model": {
+                "name": manifest.name,
+                "classes": list(manifest.classes),
+                "mm_per_px": manifest.mm_per_px,
+            },
+            "calibration": {
+                "source": geometry.source,
+                "mm_per_px_x": geometry.mm_per_px_x,
+                "mm_per_line": geometry.mm_per_line,
+                "lens_model": geometry.px_to_mm_x is not None,
+            },
+            "acceptance": {"points_per_100_sq_yd": g.accept_points_per_100_sq_yd},
+            "stop_rule": {
+                "points_per_100_sq_yd": g.stop_points_per_100_sq_yd,
+                "classes": list(g.stop_classes),
+                "open_length_mm": g.stop_open_length_mm,
+            },
+        }
 
     # -- lifecycle ------------------------------------------------------------------------------
     def build(self) -> Pipeline:
@@ -228,6 +254,10 @@ class Daemon:
             self.interrupted_roll = close_interrupted_roll(
                 self._publisher, spool.path, next_roll_id=self.roll_id
             )
+            if cfg.report.dir is not None:
+                from runtime.report.at_roll_end import RollEndReports
+
+                self.roll_reports = RollEndReports(cfg.report, spool.path)
         if self.notifier is not None:
             from runtime.ops.watchdog import ProgressWatchdog
 
@@ -302,9 +332,15 @@ class Daemon:
         """Runs in the reporting thread, after the old roll's last strip."""
         assert self.pipeline is not None and self._detector is not None and self._geometry is not None
         self.roll_summaries.append(self.pipeline.reporter.end_roll())
+        self._report_roll(self.pipeline.reporter)
         log.info("roll %s ended; roll %s starts", self.roll_id, roll_id)
         self.roll_id = roll_id
         self.pipeline.reporter = self._reporter(roll_id, self._detector, self._geometry)
+
+    def _report_roll(self, reporter: DefectReporter) -> None:
+        """`report.dir` set: write the roll's report (JSON, CSV, map) in the background."""
+        if self.roll_reports is not None:
+            self.roll_reports.submit(reporter.roll_id, reporter.start_seq)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"roll_id": self.roll_id, "line_id": self.config.line_id}
@@ -368,6 +404,9 @@ class Daemon:
                 source=status.get("source", {}),
             )
             self.roll_summaries.append(self.summary)
+            self._report_roll(pipeline.reporter)
+            if self.roll_reports is not None:
+                self.roll_reports.close()
             ticker.join(timeout=2)
             self._stop_control()
             if self._source is not None:

@@ -3,6 +3,12 @@
 Owns the merger and the grader of the current roll. Every closed defect becomes one `defect`
 event with its full extent in web pixels and in millimetres, its four-point score and a JPEG crop
 taken from the strip in which it scored best. Stop decisions become `stop` events, once each.
+
+For the roll report (runtime/report), the roll's events say what it needs: the `roll` start event
+carries the daemon's `roll_fields` (model, calibration, acceptance) and the camera width; every
+`stop` carries `inspected_m` (where the web was when it fired); the `roll` end event carries the
+fabric edges last tracked and `gaps_m`: the stretches of the roll no strip inspected (a camera
+outage, or strips the detector was too slow for), found from the strips' line ranges.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from runtime.merge import Defect, Merger
 from runtime.web_edges import WebEdges
 
 log = logging.getLogger(__name__)
+
+MAX_REPORTED_GAPS = 500  # a roll end event lists at most this many gaps (then counts the rest)
 
 
 class Publish(Protocol):
@@ -82,6 +90,7 @@ class DefectReporter:
         roll_id: str,
         model_name: str,
         crops: CropOptions | None = None,
+        roll_fields: dict[str, Any] | None = None,
     ) -> None:
         self.classes = list(classes)
         self.geometry = geometry
@@ -91,6 +100,11 @@ class DefectReporter:
         self.roll_id = roll_id
         self.model_name = model_name
         self.crops = crops or CropOptions()
+        self.roll_fields = dict(roll_fields or {})
+        self._gaps_lines: list[tuple[int, int, str]] = []
+        self._gap_count = 0
+        self._covered_to: int | None = None  # one past the last roll line an inspected strip held
+        self.start_seq = 0  # the spool seq of the roll's start event (0: not published yet, or held)
         self.stats = ReporterStats()
         self._best: dict[int, _Best] = {}
         self._roll_line0: int | None = None
@@ -136,13 +150,16 @@ class DefectReporter:
     def start_roll(self, roll_line0: int = 0, **fields: Any) -> None:
         self._roll_line0 = roll_line0
         self.stats.last_line = roll_line0
-        self.publisher.publish("roll", {"state": "start", **fields}, roll_id=self.roll_id)
+        self.start_seq = self.publisher.publish("roll", {"state": "start", **fields}, roll_id=self.roll_id)
 
     def on_strip(self, result: StripResult) -> list[dict[str, Any]]:
         """Merge a strip's boxes; publish what closed. Returns the defect events' fields."""
         strip = result.strip
         if self._roll_line0 is None:
-            self.start_roll(strip.line0)
+            g = self.geometry
+            width_mm = round(g.x_mm(strip.width) - g.x_mm(0), 2)
+            self.start_roll(strip.line0, **{"camera_width_mm": width_mm, **self.roll_fields})
+        self._note_coverage(strip.line0, strip.line_end, strip.overlap_lines)
         self.stats.strips += 1
         self.stats.last_line = max(self.stats.last_line, strip.line_end)
         self.edges = result.edges
@@ -171,11 +188,36 @@ class DefectReporter:
         """Emit every open defect, then the roll summary."""
         for d in self.merger.flush():
             self._emit(d)
-        summary = {"state": "end", **self.grader.summary(self.inspected_mm), **fields}
+        summary = {
+            "state": "end",
+            **self.grader.summary(self.inspected_mm),
+            "web_edges_mm": self.web_edges_mm(),
+            "gaps_m": [
+                [
+                    round(a * self.geometry.mm_per_line / 1000.0, 3),
+                    round(b * self.geometry.mm_per_line / 1000.0, 3),
+                    why,
+                ]
+                for a, b, why in self._gaps_lines
+            ],
+            "gaps": self._gap_count,
+            **fields,
+        }
         self.publisher.publish("roll", summary, roll_id=self.roll_id)
         return summary
 
     # -- internals ----------------------------------------------------------------------------
+    def _note_coverage(self, line0: int, line_end: int, overlap_lines: int) -> None:
+        """A strip that starts after the last one ended leaves a gap: roll lines nobody inspected.
+        With overlap, the assembler's web was contiguous and the missing strips were dropped (the
+        detector was behind); without, the camera delivered no lines there."""
+        if self._covered_to is not None and line0 > self._covered_to:
+            self._gap_count += 1
+            if len(self._gaps_lines) < MAX_REPORTED_GAPS:
+                why = "dropped_strips" if overlap_lines > 0 else "no_camera_lines"
+                self._gaps_lines.append((self._covered_to, line0, why))
+        self._covered_to = line_end if self._covered_to is None else max(self._covered_to, line_end)
+
     def _emit(self, d: Defect) -> dict[str, Any]:
         fields = self.defect_fields(d)
         fields["points"] = self.grader.add(fields["class"], fields["y_mm"], fields["w_mm"], fields["h_mm"])
@@ -189,7 +231,11 @@ class DefectReporter:
         return fields
 
     def _publish_stop(self, stop: StopDecision, d: Defect | None) -> None:
-        fields: dict[str, Any] = {"reason": stop.reason, "detail": stop.detail}
+        fields: dict[str, Any] = {
+            "reason": stop.reason,
+            "detail": stop.detail,
+            "inspected_m": round(self.inspected_mm / 1000.0, 3),
+        }
         if d is not None:
             fields["defect"] = self.defect_fields(d)
             fields["defect_id"] = fields["defect"]["defect_id"]
