@@ -335,4 +335,4 @@ def write_sidecar(
         "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "metrics": {"history": history},
     }
-    path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    path.write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
