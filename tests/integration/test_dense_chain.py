@@ -52,7 +52,7 @@ def _subscribe(
     return received, done, t, sub
 
 
-@pytest.mark.timeout(1500)  # seven CLI steps, two of them trainings; about 3 min on an idle 2-core box
+@pytest.mark.timeout(1500)  # seven CLI steps, three of them trainings
 def test_dense_model_trains_exports_resumes_and_runs_through_the_daemon(
     tmp_path: Path, loopback_endpoint: str
 ) -> None:
