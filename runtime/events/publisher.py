@@ -422,6 +422,8 @@ class EventPublisher:
             if now >= next_hb:
                 next_hb = max(next_hb + hb_s, now + hb_s / 2)
                 self._guard(self._tick_heartbeat)
+                if self._replay is not None:
+                    self._guard(self._replay.ensure_running)
             if self.curve is not None and now >= next_recheck:
                 next_recheck = now + recheck_s
                 self._guard(self.curve.recheck)
@@ -449,6 +451,12 @@ class EventPublisher:
             log.exception("event maintenance task %s failed", getattr(task, "__name__", task))
 
     # ------------------------------------------------------------------ status
+    def server_problems(self) -> list[str]:
+        """Servers that should be answering and are not (for the daemon's readiness)."""
+        replay = self._replay
+        problem = None if replay is None else replay.problem()
+        return [] if problem is None else [problem]
+
     @property
     def last_seq(self) -> int:
         return self.spool.last_seq
@@ -485,7 +493,11 @@ class EventPublisher:
         out["alarm"] = alarm or ("events_held" if held else None)
         replay = self._replay
         out["replay"] = (
-            None if replay is None else {**vars(replay.stats), "active_sessions": replay.active_sessions}
+            None
+            if replay is None
+            else {**vars(replay.stats), "active_sessions": replay.active_sessions, "running": replay.running}
         )
+        if out["alarm"] is None and replay is not None and replay.problem() is not None:
+            out["alarm"] = "replay_down"
         out["curve"] = None if self.curve is None else self.curve.stats()
         return out

@@ -41,6 +41,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from runtime.events.bounded_json import INT64_MAX, int64_at_least_zero
 from runtime.events.replay import END_TOPIC, ERROR_TOPIC
 from runtime.events.schema import Event, EventFormatError
 from runtime.events.security import ClientCurve
@@ -90,6 +91,8 @@ class EventSubscriber:
     ) -> None:
         if dead_after_heartbeats < 1:
             raise ValueError("dead_after_heartbeats must be >= 1")
+        if since is not None and not int64_at_least_zero(since[1]):
+            raise ValueError(f"since seq {since[1]!r}: must be an integer from 0 to {INT64_MAX}")
         self.connect_endpoint = connect
         self.replay_endpoint = replay
         self._topics = tuple(t.encode() for t in topics) or (b"",)
