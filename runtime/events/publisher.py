@@ -125,6 +125,7 @@ class EventPublisher:
         self._hb_fields: dict[str, Any] = {}
         self._roll_id = ""
         self._held: deque[_Pending] = deque()
+        self._hold_reason = ""  # the spool error that made us hold events (not always a full disk)
         self._published = 0
         self._dropped = 0
         self._send_errors = 0
@@ -223,7 +224,9 @@ class EventPublisher:
                 self._flush_held()
                 if self._held:
                     log.error(
-                        "closing with %d events that the full disk could not take: lost", len(self._held)
+                        "closing with %d events that the spool did not take: lost (%s)",
+                        len(self._held),
+                        self._hold_reason or "no error recorded",
                     )
                     self._dropped += len(self._held)
                     self._held.clear()
@@ -277,6 +280,7 @@ class EventPublisher:
                     self._roll_id = pending[-1].event.roll_id
                     return seqs
                 except SpoolError as exc:
+                    self._hold_reason = str(exc)
                     log.error("%s; holding events in memory until the spool accepts them", exc)
             for p in pending:  # a held event must not fail later: check its body now
                 e = p.event
@@ -346,7 +350,10 @@ class EventPublisher:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 log.error(
-                    "spool full and %d events held: %d events dropped so far", MAX_HELD_EVENTS, self._dropped
+                    "spool refuses events (%s) and %d are held: %d events dropped so far",
+                    self._hold_reason or "no error recorded",
+                    MAX_HELD_EVENTS,
+                    self._dropped,
                 )
             return
         self._held.append(pending)
@@ -356,7 +363,8 @@ class EventPublisher:
             batch = list(itertools.islice(self._held, HELD_BATCH))
             try:
                 self._commit_and_send(batch)
-            except SpoolError:
+            except SpoolError as exc:
+                self._hold_reason = str(exc)
                 return
             for _ in batch:
                 self._held.popleft()
