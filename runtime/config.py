@@ -245,6 +245,11 @@ class SecurityConfig(StrictModel):
     server_secret_key: Path | None = None
     authorized_keys_dir: Path | None = None
     recheck_s: float = Field(5.0, gt=0, description="revoked keys are cut off within this time")
+    strict_modes: bool = Field(
+        True,
+        description="refuse an authorized_keys_dir or key file that another local user could write "
+        "(like OpenSSH StrictModes); false only warns",
+    )
 
     @model_validator(mode="after")
     def _keys(self) -> SecurityConfig:

@@ -184,6 +184,7 @@ class ControlServer:
                     server_secret_key=self.security.server_secret_key,
                     authorized_keys_dir=self.security.authorized_keys_dir,
                     recheck_s=self.security.recheck_s,
+                    strict_modes=self.security.strict_modes,
                 )
                 self.curve.start(ctx)
                 self.curve.add_revocation_listener(self._rebind.set)
