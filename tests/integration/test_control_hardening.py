@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,3 +116,47 @@ def test_a_dead_control_thread_makes_readiness_false_until_ensure_running(
     assert server.ensure_running() and not server.ensure_running()
     assert _ask(client, b'{"cmd": "status", "id": 3}')["id"] == 3
     assert health.ready and server.status()["restarts_total"] == 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_daemon_is_unready_while_its_control_thread_is_dead_and_its_status_loop_restarts_it(
+    tmp_path: Path,
+) -> None:
+    from runtime.daemon.app import Daemon
+    from tests.conftest import free_tcp_port
+    from tests.integration.test_daemon_cli import _daemon_config, _Running, _until
+
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    health = HealthState(process_metrics=False)
+    daemon = Daemon(_daemon_config(tmp_path, endpoint), roll_id="R1", health=health, status_interval_s=0.2)
+    with _Running(daemon):
+        _until(lambda: health.ready, 30)
+        assert [name for name, _ in health._checks] == ["publisher", "control"]
+        control = daemon.control
+        assert control is not None and control._thread is not None
+        thread = control._thread
+        seen: list[str] = []
+
+        def die(sock: zmq.Socket[Any], msg: list[bytes]) -> None:
+            seen.append(health.snapshot()["reason"])
+            raise SystemExit("injected thread death")
+
+        control._answer = die
+        ctx = zmq.Context()
+        try:
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.rcvtimeo = 5000
+            sock.connect(endpoint)
+            sock.send(b'{"cmd": "status"}')
+            thread.join(5)
+            assert not thread.is_alive()
+            doc = health.snapshot()
+            restarted = control.stats.restarts_total == 1  # the status loop may already have restarted it
+            assert restarted or (doc["ready"] is False and "control socket" in doc["reason"])
+            del control._answer
+            _until(lambda: control.stats.restarts_total == 1 and health.ready, 10)
+            sock.send(b'{"cmd": "status", "id": 5}')
+            assert json.loads(sock.recv())["id"] == 5
+        finally:
+            ctx.destroy(linger=0)
