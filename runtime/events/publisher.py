@@ -126,6 +126,7 @@ class EventPublisher:
         self._roll_id = ""
         self._held: deque[_Pending] = deque()
         self._hold_reason = ""  # the spool error that made us hold events (not always a full disk)
+        self._last_roll: dict[str, Any] | None = None  # see _note_roll
         self._published = 0
         self._dropped = 0
         self._send_errors = 0
@@ -155,6 +156,10 @@ class EventPublisher:
         last = self.spool.last_body()
         if last is not None:
             self._roll_id = str(last.get("roll_id", ""))
+        restarting = self.spool.last_seq > 0
+        roll = self.spool.last_value("roll")
+        if roll is not None:
+            self._note_roll(roll[0], str(roll[1].get("roll_id", "")), roll[1])
         if self._context is None:
             self._context = zmq.Context()
         ctx = self._context
@@ -203,6 +208,14 @@ class EventPublisher:
             self.spool.epoch,
             self.spool.next_seq,
         )
+        grace = self.config.restart_grace_s
+        if restarting and grace > 0:
+            # PUB drops what it sends before a subscriber has (re)connected: after a restart, give
+            # the plain SUB clients that were connected before it time to come back, so the
+            # restart's first events (the interrupted roll's end) reach them. Heartbeats, which
+            # carry the current roll state, go out meanwhile.
+            log.info("restart: waiting %.1f s for subscribers to reconnect before the first event", grace)
+            time.sleep(grace)
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop threads, commit held events if the spool allows, close sockets with a bounded linger."""
@@ -344,7 +357,19 @@ class EventPublisher:
                 self._send_errors += 1
                 log.warning("PUB send of seq %d failed (%s); it stays in the spool for replay", seq, exc)
         self._published += len(items)
+        for i, p in enumerate(pending):
+            if p.event.kind == "roll":
+                self._note_roll(first + i, p.event.roll_id, p.event.fields)
         return [seq for seq, _, _ in items]
+
+    def _note_roll(self, seq: int, roll_id: str, fields: dict[str, Any]) -> None:
+        """The roll state every heartbeat re-announces: the last `roll` event committed."""
+        state: dict[str, Any] = {"roll_id": roll_id, "state": fields.get("state"), "seq": seq}
+        if fields.get("reason") is not None:
+            state["reason"] = fields.get("reason")
+        if fields.get("next_roll_id") is not None:
+            state["next_roll_id"] = fields.get("next_roll_id")
+        self._last_roll = state
 
     def _hold(self, pending: _Pending) -> None:
         if len(self._held) >= MAX_HELD_EVENTS:
@@ -390,6 +415,7 @@ class EventPublisher:
             "held": len(self._held),
             "dropped": self._dropped,
             "spool": spool_state,
+            "roll": self._last_roll,
         }
         fields = {**self._hb_fields, **own}
         seq = self.spool.next_seq

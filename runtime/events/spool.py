@@ -538,6 +538,18 @@ class EventSpool:
             return None
         return body if isinstance(body, dict) else None
 
+    def last_value(self, kind: str) -> tuple[int, dict[str, Any]] | None:
+        """(seq, body) of the last `kind` event in the last-value cache (`roll` or `status`), or None."""
+        with self._lock:
+            row = self._require().execute("SELECT seq, body FROM lvc WHERE kind = ?", (kind,)).fetchone()
+        if row is None:
+            return None
+        try:
+            body = json.loads(row[1])
+        except ValueError:
+            return None
+        return (int(row[0]), body) if isinstance(body, dict) else None
+
     def used_bytes(self) -> int:
         with self._lock:
             conn = self._require()
