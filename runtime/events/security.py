@@ -126,8 +126,11 @@ def generate_key_files(out_dir: Path | str, name: str, *, force: bool = False) -
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     head = f"#   Generated on {stamp} by loomsight keys\n"
     pub_text = (
-        f"{head}#   ZeroMQ CURVE Public Certificate ({name})\n#   Copy this file to the publisher's "
-        f'security.authorized_keys_dir to allow this client.\n\nmetadata\ncurve\n    public-key = "{public.decode()}"\n'
+        f"{head}#   ZeroMQ CURVE Public Certificate ({name})\n"
+        "#   A subscriber's key: copy it into the publisher's security.authorized_keys_dir to allow it.\n"
+        "#   The publisher's own key: give it to subscribers (loomsight subscribe --curve-server-key);\n"
+        "#   never put it in authorized_keys_dir, which holds the clients' keys only.\n"
+        f'\nmetadata\ncurve\n    public-key = "{public.decode()}"\n'
     )
     sec_text = (
         f"{head}#   ZeroMQ CURVE **Secret** Certificate ({name})\n#   DO NOT PROVIDE THIS FILE TO OTHER USERS "

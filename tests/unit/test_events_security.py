@@ -281,3 +281,11 @@ def test_a_folder_made_writable_after_start_refuses_every_client_at_the_next_rec
         server.stop()
     finally:
         ctx.destroy(linger=0)
+
+
+def test_the_public_key_file_says_where_a_client_key_and_where_the_publishers_key_go(tmp_path: Path) -> None:
+    public_path, _ = generate_key_files(tmp_path, "server")
+    text = public_path.read_text()
+    assert "A subscriber's key: copy it into the publisher's security.authorized_keys_dir" in text
+    assert "The publisher's own key: give it to subscribers (loomsight subscribe --curve-server-key)" in text
+    assert "to allow this client" not in text
