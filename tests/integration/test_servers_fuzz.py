@@ -21,7 +21,7 @@ from runtime.daemon.control import ControlServer
 from runtime.events.publisher import EventPublisher
 from tests.integration.test_events_support import make_publisher
 
-REQUESTS_PER_SERVER = 5_200
+REQUESTS_PER_SERVER = 5_000  # 10,000 in all: the floor of issue 17
 CLIENTS = 12
 BURST = 100
 HUGE_FRAMES = 3  # 10 MB each, per server: ZeroMQ's MAXMSGSIZE drops the sender's connection
