@@ -258,6 +258,13 @@ class PublishConfig(StrictModel):
     sndhwm: int = Field(20000, ge=100, description="messages; sized for >= 10 s of events")
     linger_ms: int = Field(1000, ge=0, le=60000)
     heartbeat_s: float = Field(1.0, gt=0)
+    restart_grace_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="after a restart (a spool that holds events), seconds between binding and the first "
+        "event, so plain SUB clients reconnect in time to hear it (heartbeats go out meanwhile); 0 = none",
+    )
     jpeg_crops: bool = True
     crop_max_px: int = Field(256, ge=16)
     jpeg_quality: int = Field(85, ge=10, le=100)
@@ -275,6 +282,11 @@ class SecurityConfig(StrictModel):
     server_secret_key: Path | None = None
     authorized_keys_dir: Path | None = None
     recheck_s: float = Field(5.0, gt=0, description="revoked keys are cut off within this time")
+    strict_modes: bool = Field(
+        True,
+        description="refuse an authorized_keys_dir or key file that another local user could write "
+        "(like OpenSSH StrictModes); false only warns",
+    )
 
     @model_validator(mode="after")
     def _keys(self) -> SecurityConfig:

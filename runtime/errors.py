@@ -23,6 +23,11 @@ class CameraError(LoomsightError):
     """The frame source cannot be opened, configured or read."""
 
 
+class SourceInputError(CameraError):
+    """The frame source's input itself is wrong (a replay file, not a camera fault): retrying
+    cannot clear it, so the daemon stops at the first one instead of retrying."""
+
+
 class CalibrationError(LoomsightError):
     """A calibration file is missing, malformed, or does not fit the camera."""
 

@@ -248,6 +248,7 @@ class Daemon:
             self._publisher = open_publisher(cfg)
         self._publisher.start()
         self._start_control()
+        self._add_health_checks()
         spool = getattr(self._publisher, "spool", None)
         if spool is not None and getattr(spool, "path", None) is not None:
             # a roll the previous run started and never ended (kill -9, power cut): close it explicitly
@@ -322,6 +323,15 @@ class Daemon:
 
         self.control = ControlServer(self, endpoint=endpoint, security=self.config.security)
         self.control.start()
+
+    def _add_health_checks(self) -> None:
+        """Readiness goes false while the replay or control server is not answering."""
+        if self.health is None or not hasattr(self.health, "add_check"):
+            return
+        problems = getattr(self._publisher, "server_problems", None)
+        if problems is not None:
+            self.health.add_check("publisher", lambda: "; ".join(problems()) or None)
+        self.health.add_check("control", lambda: None if self.control is None else self.control.problem())
 
     def _stop_control(self) -> None:
         control, self.control = self.control, None
@@ -417,6 +427,9 @@ class Daemon:
     def _status_loop(self) -> None:
         while not self._stop.wait(self.status_interval_s):
             try:
+                control = self.control
+                if control is not None:
+                    control.ensure_running()
                 self._status_tick()
             except Exception:  # reporting status must never take inspection down
                 log.exception("status update failed; continuing")

@@ -16,8 +16,12 @@ one frame of JSON and gets one frame of JSON back:
 
 Limits: a request is at most `MAX_REQUEST_BYTES` (answered with an error when longer); ZeroMQ
 drops the connection of a client that sends a message over `MAX_MESSAGE_BYTES` (`MAXMSGSIZE`)
-before it reaches us. A failing command is answered with an error and logged; nothing a client
-sends can stop the thread or the daemon.
+before it reaches us; nesting deeper than `MAX_REQUEST_DEPTH` is refused before the JSON is parsed
+(`runtime/events/bounded_json.py`). A failing command is answered with an error and logged;
+nothing a client sends can stop the thread or the daemon. An error escaping the serving loop is
+counted (`restarts_total`) and the loop serves again after a short back-off; a thread that died
+anyway is started again by `ensure_running()` (the daemon's status loop), and `problem()` makes
+the daemon not ready while the socket is not served.
 
 CURVE: with `security.curve` the socket is a CURVE server behind the same allow-list as the PUB and
 replay sockets (`runtime/events/security.py`), with its own ZAP authenticator in the control
@@ -41,12 +45,14 @@ from typing import Any, Protocol
 import zmq
 
 from runtime.config import SecurityConfig
+from runtime.events.bounded_json import BoundedJSONError, load_request, request_id_ok
 from runtime.events.security import CurveServer
 from runtime.events.sockets import bind, rebind
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 4096
+MAX_REQUEST_DEPTH = 4
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_PER_POLL = 64
 POLL_MS = 100
@@ -82,29 +88,26 @@ class ControlStats:
     requests: int = 0
     errors: int = 0
     rebinds: int = 0
+    restarts_total: int = 0  # an error escaped the serving loop (or the thread died) and it started again
 
 
 def parse_request(frames: list[bytes]) -> ControlRequest:
     """Validate the request frames (after the envelope); raises ControlRequestError."""
     if len(frames) != 1:
         raise ControlRequestError(f"a control request is exactly one frame of JSON, got {len(frames)} frames")
-    raw = frames[0]
-    if len(raw) > MAX_REQUEST_BYTES:
-        raise ControlRequestError(f"request is {len(raw)} bytes; at most {MAX_REQUEST_BYTES}")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise ControlRequestError('request is not JSON; send e.g. {"cmd": "status"}') from None
+        data = load_request(
+            frames[0], max_bytes=MAX_REQUEST_BYTES, max_depth=MAX_REQUEST_DEPTH, example='{"cmd": "status"}'
+        )
+    except BoundedJSONError as exc:
+        raise ControlRequestError(str(exc)) from None
     if not isinstance(data, dict):
         raise ControlRequestError('request must be a JSON object such as {"cmd": "status"}')
     req_id = data.get("id")
-    if req_id is not None and not (
-        (isinstance(req_id, int) and not isinstance(req_id, bool))
-        or (isinstance(req_id, str) and len(req_id) <= 64)
-    ):
-        raise ControlRequestError("id must be an integer or a string of at most 64 characters")
+    if req_id is not None and not request_id_ok(req_id):
+        raise ControlRequestError("id must be a 64-bit integer or a string of at most 64 characters")
     cmd = data.get("cmd")
-    if cmd not in COMMANDS:
+    if not isinstance(cmd, str) or cmd not in COMMANDS:
         raise ControlRequestError(f"unknown cmd {cmd!r}; one of {', '.join(COMMANDS)}")
     unknown = sorted(set(data) - _KEYS[cmd])
     if unknown:
@@ -165,6 +168,9 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._rebind = threading.Event()
+        self._supervise = threading.Lock()
+        self._down_since: float | None = None
+        self._last_failure = ""
 
     def start(self) -> None:
         """Bind (ConfigError for a bad or taken endpoint, or CURVE that cannot be enforced), serve."""
@@ -178,6 +184,7 @@ class ControlServer:
                     server_secret_key=self.security.server_secret_key,
                     authorized_keys_dir=self.security.authorized_keys_dir,
                     recheck_s=self.security.recheck_s,
+                    strict_modes=self.security.strict_modes,
                 )
                 self.curve.start(ctx)
                 self.curve.add_revocation_listener(self._rebind.set)
@@ -194,13 +201,49 @@ class ControlServer:
             self._close_sockets()
             raise
         self._stop.clear()
+        self._spawn()
+        log.info("control socket on %s (CURVE %s)", self.endpoint, "on" if self.curve else "off")
+
+    def _spawn(self) -> None:
         self._thread = threading.Thread(target=self._run, name="loomsight-control", daemon=True)
         self._thread.start()
-        log.info("control socket on %s (CURVE %s)", self.endpoint, "on" if self.curve else "off")
+
+    @property
+    def running(self) -> bool:
+        """The server thread is alive and serving (not in an error's back-off)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._down_since is None
+
+    def problem(self) -> str | None:
+        """Why control requests are not being answered now, or None while they are (or after stop)."""
+        if self._stop.is_set() or self._thread is None or self.running:
+            return None
+        state = "restarting" if self._thread.is_alive() else "thread dead"
+        return (
+            f"control socket on {self.endpoint} is down ({state}; last error: {self._last_failure or 'none'}; "
+            f"{self.stats.restarts_total} restarts so far)"
+        )
+
+    def ensure_running(self) -> bool:
+        """Supervisor (the daemon's status loop): start a new thread on the same socket if it died."""
+        with self._supervise:
+            thread = self._thread
+            if self._stop.is_set() or thread is None or thread.is_alive() or self._socket is None:
+                return False
+            self.stats.restarts_total += 1
+            log.error(
+                "control thread on %s had died (%s); starting it again (restart %d)",
+                self.endpoint,
+                self._last_failure or "no error recorded",
+                self.stats.restarts_total,
+            )
+            self._spawn()
+            return True
 
     def stop(self, timeout_s: float = 1.0) -> None:
         self._stop.set()
-        thread, self._thread = self._thread, None
+        with self._supervise:
+            thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout_s)
             if thread.is_alive():
@@ -224,6 +267,7 @@ class ControlServer:
         return {
             "endpoint": self.endpoint,
             **asdict(self.stats),
+            "running": self.running,
             "curve": self.curve.stats() if self.curve else None,
         }
 
@@ -232,8 +276,10 @@ class ControlServer:
         sock = self._socket
         assert sock is not None
         next_recheck = time.monotonic() + self.security.recheck_s
+        backoff_s = POLL_MS / 1000.0
         while not self._stop.is_set():
             try:
+                self._down_since = None
                 if self.curve is not None and time.monotonic() >= next_recheck:
                     next_recheck = time.monotonic() + self.security.recheck_s
                     self.curve.recheck()
@@ -248,11 +294,25 @@ class ControlServer:
                         except zmq.Again:
                             break
                         self._answer(sock, msg)
+                backoff_s = POLL_MS / 1000.0
             except zmq.ContextTerminated:
                 return
-            except Exception:  # the control socket must never take the daemon down
-                log.exception("control socket: unexpected error; carrying on")
-                self._stop.wait(0.1)
+            except Exception as exc:  # the control socket must never take the daemon down
+                self._down_since = time.monotonic()
+                self._last_failure = f"{type(exc).__name__}: {exc}"[:300]
+                self.stats.restarts_total += 1
+                log.exception(
+                    "control socket: unexpected error; serving again in %.2f s (restart %d)",
+                    backoff_s,
+                    self.stats.restarts_total,
+                )
+                self._stop.wait(backoff_s)
+                backoff_s = min(1.0, backoff_s * 2)
+            except BaseException as exc:  # the thread ends; ensure_running() starts another
+                self._down_since = time.monotonic()
+                self._last_failure = f"{type(exc).__name__}: {exc}"[:300]
+                log.critical("control thread died: %s", self._last_failure)
+                raise
 
     def _answer(self, sock: zmq.Socket[Any], msg: list[bytes]) -> None:
         self.stats.requests += 1

@@ -24,6 +24,7 @@ from typing import Any
 from runtime.assembler import WebAssembler
 from runtime.daemon.inspector import PreparedStrip, StripInspector, StripResult
 from runtime.daemon.reporter import DefectReporter
+from runtime.errors import LoomsightError, SourceInputError
 from runtime.frame import Strip
 from runtime.sources.base import FrameSource
 
@@ -191,7 +192,10 @@ class Pipeline:
             try:
                 fn()
             except BaseException as exc:  # a dead stage must stop the daemon, not hang it
-                log.exception("%s failed", threading.current_thread().name)
+                if isinstance(exc, LoomsightError):  # an expected failure: its message says it all
+                    log.error("%s stopped: %s", threading.current_thread().name, exc)
+                else:
+                    log.exception("%s failed", threading.current_thread().name)
                 self.error = exc
                 self.stop_event.set()
                 self._put_end_marker()
@@ -244,6 +248,10 @@ class Pipeline:
             while not self.stop_event.is_set():
                 try:
                     frame = self.source.read(timeout_s=self.read_timeout_s)
+                except SourceInputError as exc:  # a bad replay file: retrying cannot clear it
+                    self.stats.source_errors += 1
+                    log.error("frame source input error, not retried: %s", exc)
+                    raise
                 except Exception as exc:
                     # a source reports faults in status and recovers by itself; one that keeps
                     # raising cannot continue, and the daemon stops so that systemd restarts it

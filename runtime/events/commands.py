@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.commands import Command
 from runtime.errors import ConfigError
+from runtime.events.bounded_json import INT64_MAX
 
 if TYPE_CHECKING:
     from runtime.events.schema import Event
@@ -48,11 +49,13 @@ def _parse_since(text: str | None) -> tuple[str | None, int] | None:
         return None
     epoch, sep, seq = text.rpartition(":")
     try:
-        value = int(seq)
+        value = int(seq) if len(seq.strip()) <= 20 else -1
     except ValueError:
         value = -1
-    if value < 0:
-        raise ConfigError(f"--since {text!r}: use SEQ or EPOCH:SEQ (as printed in the summary), SEQ >= 0")
+    if not 0 <= value <= INT64_MAX:
+        raise ConfigError(
+            f"--since {text[:60]!r}: use SEQ or EPOCH:SEQ (as printed in the summary), SEQ from 0 to {INT64_MAX}"
+        )
     return (epoch if sep and epoch else None), value
 
 

@@ -125,6 +125,8 @@ class EventPublisher:
         self._hb_fields: dict[str, Any] = {}
         self._roll_id = ""
         self._held: deque[_Pending] = deque()
+        self._hold_reason = ""  # the spool error that made us hold events (not always a full disk)
+        self._last_roll: dict[str, Any] | None = None  # see _note_roll
         self._published = 0
         self._dropped = 0
         self._send_errors = 0
@@ -154,6 +156,10 @@ class EventPublisher:
         last = self.spool.last_body()
         if last is not None:
             self._roll_id = str(last.get("roll_id", ""))
+        restarting = self.spool.last_seq > 0
+        roll = self.spool.last_value("roll")
+        if roll is not None:
+            self._note_roll(roll[0], str(roll[1].get("roll_id", "")), roll[1])
         if self._context is None:
             self._context = zmq.Context()
         ctx = self._context
@@ -164,6 +170,7 @@ class EventPublisher:
                 server_secret_key=self.security.server_secret_key,
                 authorized_keys_dir=self.security.authorized_keys_dir,
                 recheck_s=self.security.recheck_s,
+                strict_modes=self.security.strict_modes,
             )
             self.curve.start(ctx)
         pub = ctx.socket(zmq.PUB)
@@ -201,6 +208,14 @@ class EventPublisher:
             self.spool.epoch,
             self.spool.next_seq,
         )
+        grace = self.config.restart_grace_s
+        if restarting and grace > 0:
+            # PUB drops what it sends before a subscriber has (re)connected: after a restart, give
+            # the plain SUB clients that were connected before it time to come back, so the
+            # restart's first events (the interrupted roll's end) reach them. Heartbeats, which
+            # carry the current roll state, go out meanwhile.
+            log.info("restart: waiting %.1f s for subscribers to reconnect before the first event", grace)
+            time.sleep(grace)
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop threads, commit held events if the spool allows, close sockets with a bounded linger."""
@@ -223,7 +238,9 @@ class EventPublisher:
                 self._flush_held()
                 if self._held:
                     log.error(
-                        "closing with %d events that the full disk could not take: lost", len(self._held)
+                        "closing with %d events that the spool did not take: lost (%s)",
+                        len(self._held),
+                        self._hold_reason or "no error recorded",
                     )
                     self._dropped += len(self._held)
                     self._held.clear()
@@ -277,6 +294,7 @@ class EventPublisher:
                     self._roll_id = pending[-1].event.roll_id
                     return seqs
                 except SpoolError as exc:
+                    self._hold_reason = str(exc)
                     log.error("%s; holding events in memory until the spool accepts them", exc)
             for p in pending:  # a held event must not fail later: check its body now
                 e = p.event
@@ -339,14 +357,29 @@ class EventPublisher:
                 self._send_errors += 1
                 log.warning("PUB send of seq %d failed (%s); it stays in the spool for replay", seq, exc)
         self._published += len(items)
+        for i, p in enumerate(pending):
+            if p.event.kind == "roll":
+                self._note_roll(first + i, p.event.roll_id, p.event.fields)
         return [seq for seq, _, _ in items]
+
+    def _note_roll(self, seq: int, roll_id: str, fields: dict[str, Any]) -> None:
+        """The roll state every heartbeat re-announces: the last `roll` event committed."""
+        state: dict[str, Any] = {"roll_id": roll_id, "state": fields.get("state"), "seq": seq}
+        if fields.get("reason") is not None:
+            state["reason"] = fields.get("reason")
+        if fields.get("next_roll_id") is not None:
+            state["next_roll_id"] = fields.get("next_roll_id")
+        self._last_roll = state
 
     def _hold(self, pending: _Pending) -> None:
         if len(self._held) >= MAX_HELD_EVENTS:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 log.error(
-                    "spool full and %d events held: %d events dropped so far", MAX_HELD_EVENTS, self._dropped
+                    "spool refuses events (%s) and %d are held: %d events dropped so far",
+                    self._hold_reason or "no error recorded",
+                    MAX_HELD_EVENTS,
+                    self._dropped,
                 )
             return
         self._held.append(pending)
@@ -356,7 +389,8 @@ class EventPublisher:
             batch = list(itertools.islice(self._held, HELD_BATCH))
             try:
                 self._commit_and_send(batch)
-            except SpoolError:
+            except SpoolError as exc:
+                self._hold_reason = str(exc)
                 return
             for _ in batch:
                 self._held.popleft()
@@ -381,6 +415,7 @@ class EventPublisher:
             "held": len(self._held),
             "dropped": self._dropped,
             "spool": spool_state,
+            "roll": self._last_roll,
         }
         fields = {**self._hb_fields, **own}
         seq = self.spool.next_seq
@@ -422,6 +457,8 @@ class EventPublisher:
             if now >= next_hb:
                 next_hb = max(next_hb + hb_s, now + hb_s / 2)
                 self._guard(self._tick_heartbeat)
+                if self._replay is not None:
+                    self._guard(self._replay.ensure_running)
             if self.curve is not None and now >= next_recheck:
                 next_recheck = now + recheck_s
                 self._guard(self.curve.recheck)
@@ -449,6 +486,12 @@ class EventPublisher:
             log.exception("event maintenance task %s failed", getattr(task, "__name__", task))
 
     # ------------------------------------------------------------------ status
+    def server_problems(self) -> list[str]:
+        """Servers that should be answering and are not (for the daemon's readiness)."""
+        replay = self._replay
+        problem = None if replay is None else replay.problem()
+        return [] if problem is None else [problem]
+
     @property
     def last_seq(self) -> int:
         return self.spool.last_seq
@@ -485,7 +528,11 @@ class EventPublisher:
         out["alarm"] = alarm or ("events_held" if held else None)
         replay = self._replay
         out["replay"] = (
-            None if replay is None else {**vars(replay.stats), "active_sessions": replay.active_sessions}
+            None
+            if replay is None
+            else {**vars(replay.stats), "active_sessions": replay.active_sessions, "running": replay.running}
         )
+        if out["alarm"] is None and replay is not None and replay.problem() is not None:
+            out["alarm"] = "replay_down"
         out["curve"] = None if self.curve is None else self.curve.stats()
         return out

@@ -13,9 +13,16 @@ Protocol (DESIGN.md "Contracts/Events"): a DEALER sends one frame of JSON.
   needs to agree: S is "where this subscriber joined", and a subscriber that started with (or
   before) the daemon gets S = the last seq before the daemon's first event.
 - Either may carry `"id"` (integer or short string), echoed in `replay.end` / `replay.error`.
-- Anything else (not one frame, more than 4096 bytes, not JSON, unknown keys, bad values) gets
-  `[b"replay.error", {"error": "...", ...}]` and the server carries on. Requests larger than 1 MiB
-  are cut off by ZeroMQ (`MAXMSGSIZE`) before they reach us: the connection is dropped.
+- Anything else (not one frame, more than 4096 bytes, nested deeper than 4, not JSON, unknown
+  keys, bad values such as a `since_seq` outside 0..2**63-1) gets `[b"replay.error", {"error":
+  "...", ...}]` and the server carries on; size and nesting are checked before the JSON is parsed
+  (`bounded_json.py`). Requests larger than 1 MiB are cut off by ZeroMQ (`MAXMSGSIZE`) before they
+  reach us: the connection is dropped.
+- A REQ socket (its requests carry an empty delimiter frame) can take one reply, not a stream: it
+  gets one `[b"replay.error", ...]` saying to use a DEALER, instead of hanging.
+- Nothing a client sends can stop the server: a failing request is answered with `replay.error`;
+  an error escaping the loop restarts it (`restarts_total`); a dead thread is restarted by the
+  publisher's maintenance thread (`ensure_running`), and `problem()` feeds the daemon's readiness.
 
 Long replays are streamed in chunks of rows with `ROUTER_MANDATORY` and non-blocking sends, round
 robin over clients, so one slow or huge replay never stalls the others and nothing is dropped
@@ -38,16 +45,25 @@ from typing import Any
 
 import zmq
 
+from runtime.events.bounded_json import (
+    INT64_MAX,
+    BoundedJSONError,
+    int64_at_least_zero,
+    load_request,
+    request_id_ok,
+)
 from runtime.events.sockets import rebind
 from runtime.events.spool_reader import SpoolReader
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 4096
+MAX_REQUEST_DEPTH = 4
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_SESSIONS = 64
 MAX_QUEUED_PER_CLIENT = 8
 CHUNK_ROWS = 256
+RESTART_BACKOFF_S = (0.05, 1.0)  # first and longest wait before the serving loop starts again
 SENDS_PER_TURN = 128
 END_TOPIC = b"replay.end"
 ERROR_TOPIC = b"replay.error"
@@ -67,27 +83,28 @@ class ReplayRequest:
 
 
 def parse_request(frames: list[bytes]) -> ReplayRequest:
-    """Validate the frames after the identity; raises RequestError with a message for the client."""
+    """Validate the frames after the identity; raises RequestError with a message for the client.
+
+    Size and nesting are checked before the JSON is parsed (`bounded_json.py`), and `since_seq`
+    must be an int64 >= 0 (what the spool's INTEGER column holds), so no request can raise
+    anything but RequestError here.
+    """
     if len(frames) != 1:
         raise RequestError(f"a replay request is exactly one frame of JSON, got {len(frames)} frames")
-    raw = frames[0]
-    if len(raw) > MAX_REQUEST_BYTES:
-        raise RequestError(f"request is {len(raw)} bytes; at most {MAX_REQUEST_BYTES}")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise RequestError('request is not JSON; send {"since_seq": N}') from None
+        data = load_request(
+            frames[0], max_bytes=MAX_REQUEST_BYTES, max_depth=MAX_REQUEST_DEPTH, example='{"since_seq": N}'
+        )
+    except BoundedJSONError as exc:
+        raise RequestError(str(exc)) from None
     if not isinstance(data, dict):
         raise RequestError('request must be a JSON object such as {"since_seq": N}')
     unknown = sorted(set(data) - _ALLOWED_KEYS)
     if unknown:
         raise RequestError(f"unknown key(s) {unknown}; allowed: {sorted(_ALLOWED_KEYS)}")
     req_id = data.get("id")
-    if req_id is not None and not (
-        (isinstance(req_id, int) and not isinstance(req_id, bool))
-        or (isinstance(req_id, str) and len(req_id) <= 64)
-    ):
-        raise RequestError("id must be an integer or a string of at most 64 characters")
+    if req_id is not None and not request_id_ok(req_id):
+        raise RequestError("id must be a 64-bit integer or a string of at most 64 characters")
     if data.get("lvc", False) is not False:
         if data["lvc"] is not True:
             raise RequestError("lvc must be true or false")
@@ -100,8 +117,11 @@ def parse_request(frames: list[bytes]) -> ReplayRequest:
     if "since_seq" not in data:
         raise RequestError('missing since_seq; send {"since_seq": N}')
     since = data["since_seq"]
-    if not isinstance(since, int) or isinstance(since, bool) or since < 0:
-        raise RequestError(f"since_seq must be an integer >= 0, got {since!r}")
+    if not int64_at_least_zero(since):
+        shown = repr(since)
+        raise RequestError(
+            f"since_seq must be an integer from 0 to {INT64_MAX}, got {shown[:40]}{'...' if len(shown) > 40 else ''}"
+        )
     return ReplayRequest(since_seq=since, lvc=False, age_s=0.0, id=req_id)
 
 
@@ -125,6 +145,7 @@ class ReplayStats:
     events_sent: int = 0
     sessions_dropped: int = 0
     rebinds: int = 0
+    restarts_total: int = 0  # the server loop failed (or its thread died) and was started again
 
 
 def configure_router(socket: zmq.Socket[Any]) -> None:
@@ -137,7 +158,11 @@ def configure_router(socket: zmq.Socket[Any]) -> None:
 class ReplayServer:
     """Serve replay and last-value requests on `socket` (a bound ROUTER), reading `spool_path`.
 
-    The socket belongs to the server thread from `start()` on.
+    The socket belongs to the server thread from `start()` on. Supervision: an error escaping the
+    serving loop drops every session, reopens the spool reader and starts the loop again after a
+    short back-off (counted in `stats.restarts_total`); a thread that died anyway is started again
+    by `ensure_running()`, which the publisher's maintenance thread calls every heartbeat. While
+    the server is down, `problem()` says so (the daemon's readiness goes false on it).
     """
 
     def __init__(self, socket: zmq.Socket[Any], spool_path: Path, *, endpoint: str) -> None:
@@ -150,9 +175,16 @@ class ReplayServer:
         self._rebind = threading.Event()
         self._thread: threading.Thread | None = None
         self._reader: SpoolReader | None = None
+        self._supervise = threading.Lock()
+        self._down_since: float | None = None
+        self._last_failure = ""
+        self._closed = False
 
     def start(self) -> None:
         self._reader = SpoolReader(self._spool_path)
+        self._spawn()
+
+    def _spawn(self) -> None:
         self._thread = threading.Thread(target=self._run, name="loomsight-replay", daemon=True)
         self._thread.start()
 
@@ -162,40 +194,133 @@ class ReplayServer:
 
     def stop(self, timeout_s: float = 1.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
+        with self._supervise:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout_s)
+            if thread.is_alive():
                 log.warning("replay server thread did not stop within %.1f s", timeout_s)
-            self._thread = None
+                return  # it still owns the socket; the process exit releases it
+        self._close()  # a thread that died left the socket open
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(zmq.ZMQError):
+            self._socket.close(linger=0)
+        if self._reader is not None:
+            self._reader.close()
 
     @property
     def active_sessions(self) -> int:
         return len(self._sessions)
 
+    @property
+    def running(self) -> bool:
+        """The server thread is alive and serving (not failed, not waiting to restart)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self._down_since is None
+
+    def problem(self) -> str | None:
+        """Why replay requests are not being answered now, or None while they are (or after stop)."""
+        if self._stop.is_set() or self.running:
+            return None
+        thread = self._thread
+        state = "restarting" if thread is not None and thread.is_alive() else "thread dead"
+        return (
+            f"replay server on {self.endpoint} is down ({state}; last error: {self._last_failure or 'none'}; "
+            f"{self.stats.restarts_total} restarts so far)"
+        )
+
+    def ensure_running(self) -> bool:
+        """Supervisor: start a new server thread on the same socket if the last one died."""
+        with self._supervise:
+            thread = self._thread
+            if self._stop.is_set() or thread is None or thread.is_alive():
+                return False
+            self.stats.restarts_total += 1
+            log.error(
+                "replay server thread on %s had died (%s); starting it again (restart %d)",
+                self.endpoint,
+                self._last_failure or "no error recorded",
+                self.stats.restarts_total,
+            )
+            self._sessions.clear()
+            self._spawn()
+            return True
+
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
+        backoff_s = RESTART_BACKOFF_S[0]
         try:
             while not self._stop.is_set():
-                if self._rebind.is_set():
-                    self._rebind.clear()
-                    self._sessions.clear()
-                    self.stats.rebinds += 1
-                    rebind(self._socket, self.endpoint)
-                now = time.monotonic()
-                busy = any(s.blocked_until <= now for s in self._sessions.values())
-                timeout_ms = 0 if busy else (5 if self._sessions else 100)
-                if poller.poll(timeout_ms):
-                    self._receive()
-                self._serve()
-        except Exception:
-            log.exception("replay server stopped by an error")
+                began = time.monotonic()
+                try:
+                    self._down_since = None
+                    self._loop()
+                except Exception as exc:
+                    self._failed(exc)
+                    self.stats.restarts_total += 1
+                    if time.monotonic() - began > 10.0:
+                        backoff_s = RESTART_BACKOFF_S[0]
+                    log.exception(
+                        "replay server loop failed; %d sessions dropped; restarting in %.2f s (restart %d)",
+                        len(self._sessions),
+                        backoff_s,
+                        self.stats.restarts_total,
+                    )
+                    self._abort_sessions()
+                    self._reopen_reader()
+                    if self._stop.wait(backoff_s):
+                        break
+                    backoff_s = min(RESTART_BACKOFF_S[1], backoff_s * 2)
+        except BaseException as exc:  # not even Exception: the thread ends, ensure_running() restarts it
+            self._failed(exc)
+            log.critical("replay server thread died: %s: %s", type(exc).__name__, exc)
+            raise
         finally:
-            with contextlib.suppress(zmq.ZMQError):
-                self._socket.close(linger=0)
-            if self._reader is not None:
-                self._reader.close()
+            if self._stop.is_set():
+                self._close()
+
+    def _abort_sessions(self) -> None:
+        """Tell every client with a request in progress that it was dropped, so none waits for it."""
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            ids = [r.id for r in session.queue]
+            self._error(
+                session.identity,
+                "the replay server restarted after an internal error; send the request again",
+                ids[0] if ids and session.job is None else None,
+            )
+
+    def _failed(self, exc: BaseException) -> None:
+        self._down_since = time.monotonic()
+        self._last_failure = f"{type(exc).__name__}: {exc}"[:300]
+
+    def _reopen_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        try:
+            self._reader = SpoolReader(self._spool_path)
+        except Exception as exc:  # retried at the next restart; requests meanwhile get replay.error
+            log.error("replay: cannot reopen the spool %s: %s", self._spool_path, exc)
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        while not self._stop.is_set():
+            if self._rebind.is_set():
+                self._rebind.clear()
+                self._sessions.clear()
+                self.stats.rebinds += 1
+                rebind(self._socket, self.endpoint)
+            now = time.monotonic()
+            busy = any(s.blocked_until <= now for s in self._sessions.values())
+            timeout_ms = 0 if busy else (5 if self._sessions else 100)
+            if poller.poll(timeout_ms):
+                self._receive()
+            self._serve()
 
     def _receive(self) -> None:
         for _ in range(256):
@@ -203,12 +328,25 @@ class ReplayServer:
                 msg = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            identity, frames = msg[0], msg[1:]
             self.stats.requests += 1
+            if len(msg) >= 3 and msg[1] == b"":  # a REQ socket: it can take one reply, not a stream
+                self._error(
+                    msg[0],
+                    "the replay socket streams many messages per request: connect a DEALER "
+                    "(ZeroMQ REQ sockets take one reply, so they get only this error)",
+                    None,
+                    envelope=[msg[0], b""],
+                )
+                continue
+            identity, frames = msg[0], msg[1:]
             try:
                 request = parse_request(frames)
             except RequestError as exc:
                 self._error(identity, str(exc), None)
+                continue
+            except Exception as exc:  # a bug in validation must cost one request, not the server
+                log.exception("replay request validation failed unexpectedly")
+                self._error(identity, f"request could not be handled ({type(exc).__name__})", None)
                 continue
             session = self._sessions.get(identity)
             if session is None:
@@ -223,7 +361,14 @@ class ReplayServer:
                 continue
             session.queue.append(request)
 
-    def _error(self, identity: bytes, message: str, req_id: int | str | None) -> None:
+    def _error(
+        self,
+        identity: bytes,
+        message: str,
+        req_id: int | str | None,
+        *,
+        envelope: list[bytes] | None = None,
+    ) -> None:
         self.stats.errors += 1
         if (
             self.stats.errors <= 10 or self.stats.errors % 1000 == 0
@@ -233,7 +378,9 @@ class ReplayServer:
         if req_id is not None:
             body["id"] = req_id
         with contextlib.suppress(zmq.ZMQError):
-            self._socket.send_multipart([identity, *_control(ERROR_TOPIC, body)], zmq.NOBLOCK)
+            self._socket.send_multipart(
+                [*(envelope or [identity]), *_control(ERROR_TOPIC, body)], zmq.NOBLOCK
+            )
 
     def _serve(self) -> None:
         now = time.monotonic()
@@ -268,10 +415,11 @@ class ReplayServer:
                 session.pending = None
 
     def _job(self, request: ReplayRequest) -> Iterator[list[bytes]]:
-        reader = self._reader
-        assert reader is not None
         end: dict[str, Any]
         try:
+            reader = self._reader
+            if reader is None:
+                raise RuntimeError("the spool reader is not open")
             first, last = reader.bounds()
             if request.lvc:
                 start = reader.seq_before(time.time() - request.age_s)
@@ -294,10 +442,15 @@ class ReplayServer:
                         yield frames
                     cursor = rows[-1][0]
                 end = {"last_seq": last, "first_seq": first, "epoch": reader.epoch}
-        except sqlite3.Error as exc:
-            log.error("replay: reading the spool failed: %s", exc)
+        except Exception as exc:  # one failed replay answers its client with an error, nothing more
+            if isinstance(exc, sqlite3.Error):
+                log.error("replay: reading the spool failed: %s", exc)
+                message = f"spool read failed: {exc}"
+            else:
+                log.exception("replay: request %r failed", request)
+                message = f"replay failed: {type(exc).__name__}: {exc}"[:300]
             self.stats.errors += 1
-            body: dict[str, Any] = {"error": f"spool read failed: {exc}"}
+            body: dict[str, Any] = {"error": message}
             if request.id is not None:
                 body["id"] = request.id
             yield _control(ERROR_TOPIC, body)

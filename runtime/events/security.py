@@ -126,8 +126,11 @@ def generate_key_files(out_dir: Path | str, name: str, *, force: bool = False) -
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     head = f"#   Generated on {stamp} by loomsight keys\n"
     pub_text = (
-        f"{head}#   ZeroMQ CURVE Public Certificate ({name})\n#   Copy this file to the publisher's "
-        f'security.authorized_keys_dir to allow this client.\n\nmetadata\ncurve\n    public-key = "{public.decode()}"\n'
+        f"{head}#   ZeroMQ CURVE Public Certificate ({name})\n"
+        "#   A subscriber's key: copy it into the publisher's security.authorized_keys_dir to allow it.\n"
+        "#   The publisher's own key: give it to subscribers (loomsight subscribe --curve-server-key);\n"
+        "#   never put it in authorized_keys_dir, which holds the clients' keys only.\n"
+        f'\nmetadata\ncurve\n    public-key = "{public.decode()}"\n'
     )
     sec_text = (
         f"{head}#   ZeroMQ CURVE **Secret** Certificate ({name})\n#   DO NOT PROVIDE THIS FILE TO OTHER USERS "
@@ -175,10 +178,61 @@ def load_client_curve(server_key_file: Path | str, client_key_file: Path | str) 
     return ClientCurve(server_public_key=server_public, public_key=public, secret_key=secret)
 
 
-def load_allow_list(folder: Path) -> tuple[frozenset[bytes], list[str]]:
-    """(keys, problems): every `*.key` file's public key, and a line per file that did not load."""
+_warned_modes: set[tuple[str, int, int]] = set()
+
+
+def mode_problem(path: Path, what: str) -> str | None:
+    """Like OpenSSH's StrictModes: why `path` could let another local user change the allow-list
+    (writable by group or others, or owned by neither this process's user nor root), else None."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"{what} {path}: cannot stat it ({exc.strerror})"
+    euid = os.geteuid()
+    if st.st_uid not in (euid, 0):
+        return (
+            f"{what} {path} is owned by uid {st.st_uid}, not by this daemon's user (uid {euid}) or root: "
+            f"that user could authorise any key; chown it to uid {euid} or root"
+        )
+    writers = [w for w, bit in (("its group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & bit]
+    if writers:
+        return (
+            f"{what} {path} is writable by {' and '.join(writers)} "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}): another local user could authorise their own key; "
+            f"run chmod go-w {path}"
+        )
+    return None
+
+
+def _checked_mode(path: Path, what: str, strict: bool) -> str | None:
+    """The mode problem when `strict` (the caller refuses), else None after a one-time warning."""
+    problem = mode_problem(path, what)
+    if problem is None or strict:
+        return problem
+    try:
+        st = path.stat()
+        key = (str(path), st.st_mode, st.st_uid)
+    except OSError:
+        key = (str(path), -1, -1)
+    if key not in _warned_modes:
+        _warned_modes.add(key)
+        log.warning("%s (accepted because security.strict_modes = false)", problem)
+    return None
+
+
+def load_allow_list(folder: Path, *, strict_modes: bool = True) -> tuple[frozenset[bytes], list[str]]:
+    """(keys, problems): every `*.key` file's public key, and a line per file that did not load.
+
+    `strict_modes` (security.strict_modes, on by default): a folder that another local user could
+    write to (group/other-writable, or owned by someone other than us or root) is a ConfigError,
+    and such a key file is a problem (its key is not accepted); off, both are logged once as
+    warnings and accepted.
+    """
     if not folder.is_dir():
         raise ConfigError(f"security.authorized_keys_dir {folder}: not a directory")
+    problem = _checked_mode(folder, "security.authorized_keys_dir", strict_modes)
+    if problem is not None:
+        raise ConfigError(f"{problem} (or set security.strict_modes = false to accept it with a warning)")
     try:
         files = sorted(p for p in folder.iterdir() if p.name.endswith(PUBLIC_SUFFIX))
     except OSError as exc:
@@ -186,6 +240,10 @@ def load_allow_list(folder: Path) -> tuple[frozenset[bytes], list[str]]:
     keys: set[bytes] = set()
     problems: list[str] = []
     for path in files:
+        problem = _checked_mode(path, "key file", strict_modes)
+        if problem is not None:
+            problems.append(problem)
+            continue
         try:
             keys.add(read_public_key(path))
         except ConfigError as exc:
@@ -222,9 +280,17 @@ class _AllowList:
 class CurveServer:
     """The server side of CURVE: the server key, the ZAP authenticator and the live allow-list."""
 
-    def __init__(self, *, server_secret_key: Path, authorized_keys_dir: Path, recheck_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        server_secret_key: Path,
+        authorized_keys_dir: Path,
+        recheck_s: float,
+        strict_modes: bool = True,
+    ) -> None:
         self.server_secret_key = Path(server_secret_key)
         self.authorized_keys_dir = Path(authorized_keys_dir)
+        self.strict_modes = strict_modes
         self.recheck_s = recheck_s
         self.public_key = b""
         self._secret_key = b""
@@ -244,7 +310,7 @@ class CurveServer:
         from zmq.auth.thread import ThreadAuthenticator
 
         self.public_key, self._secret_key = read_secret_key(self.server_secret_key)
-        keys, problems = load_allow_list(self.authorized_keys_dir)
+        keys, problems = load_allow_list(self.authorized_keys_dir, strict_modes=self.strict_modes)
         if problems:
             raise ConfigError(
                 f"security.authorized_keys_dir {self.authorized_keys_dir}: {len(problems)} key file(s) did not "
@@ -298,7 +364,7 @@ class CurveServer:
     def recheck(self) -> bool:
         """Re-read the allow-list. True (and listeners told) when any key was removed."""
         try:
-            keys, problems = load_allow_list(self.authorized_keys_dir)
+            keys, problems = load_allow_list(self.authorized_keys_dir, strict_modes=self.strict_modes)
         except ConfigError as exc:
             log.error("%s; refusing every CURVE client until it is fixed", exc)
             keys, problems = frozenset(), []

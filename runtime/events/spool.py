@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -101,6 +102,8 @@ class EventSpool:
         self.config = config
         self.path = Path(config.path)
         self.reserve_path = self.path.with_name(self.path.name + ".reserve")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock_fd: int | None = None
         self._clock = clock
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
@@ -137,6 +140,64 @@ class EventSpool:
                 f"spool.path {self.path}: folder {self.path.parent} is not writable by this user; "
                 "choose a writable spool.path or fix its permissions"
             )
+        self._take_lock()
+        try:
+            self._open_database()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _take_lock(self) -> None:
+        """One spool, one owner: an exclusive flock on `<spool>.lock`, held until `close()` (the
+        kernel drops it when the process dies, kill -9 included), with the owner's PID written in it.
+        A second daemon on the same spool.path would take over its seq numbers; it refuses instead."""
+        if self._lock_fd is not None:
+            return
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise SpoolError(
+                f"spool.path {self.path}: cannot open the lock file {self.lock_path} ({exc.strerror}); "
+                "choose a writable spool.path or fix its permissions"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = ""
+            with contextlib.suppress(OSError):
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise SpoolError(
+                    f"spool.path {self.path}: cannot lock {self.lock_path} ({exc.strerror})"
+                ) from None
+            who = f"PID {holder}" if holder.isdigit() else "a process that has not written its PID yet"
+            raise SpoolError(
+                f"spool.path {self.path} is in use by another Loomsight daemon ({who}, lock file "
+                f"{self.lock_path}); a spool has one owner: stop that daemon, or give this one its own "
+                "spool.path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # the file stays (removing it would race a new owner); the PID goes
+            os.close(fd)  # closing the last descriptor drops the flock
+
+    @property
+    def owner_pid(self) -> int | None:
+        """The PID written in the lock file (this process's while open), or None."""
+        try:
+            text = self.lock_path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() else None
+
+    def _open_database(self) -> None:
         try:
             conn = connect_sqlite(self.path)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -186,6 +247,7 @@ class EventSpool:
                             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                         conn.close()
             self._conn = self._ckpt = None
+            self._release_lock()
 
     @property
     def is_open(self) -> bool:
@@ -236,8 +298,14 @@ class EventSpool:
                 self._write_failures += 1
                 if not is_disk_full(exc):
                     self._error = str(exc)
+                    hint = (
+                        " (seq already taken: another process wrote this spool; the lock file "
+                        f"{self.lock_path} should prevent that)"
+                        if isinstance(exc, sqlite3.IntegrityError)
+                        else ""
+                    )
                     raise SpoolError(
-                        f"spool {self.path}: cannot commit events {first}..{last}: {exc}"
+                        f"spool {self.path}: cannot commit events {first}..{last}: {exc}{hint}; not a full disk"
                     ) from None
                 self._on_disk_full(conn)
                 try:
@@ -469,6 +537,18 @@ class EventSpool:
         except ValueError:
             return None
         return body if isinstance(body, dict) else None
+
+    def last_value(self, kind: str) -> tuple[int, dict[str, Any]] | None:
+        """(seq, body) of the last `kind` event in the last-value cache (`roll` or `status`), or None."""
+        with self._lock:
+            row = self._require().execute("SELECT seq, body FROM lvc WHERE kind = ?", (kind,)).fetchone()
+        if row is None:
+            return None
+        try:
+            body = json.loads(row[1])
+        except ValueError:
+            return None
+        return (int(row[0]), body) if isinstance(body, dict) else None
 
     def used_bytes(self) -> int:
         with self._lock:

@@ -41,6 +41,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from runtime.events.bounded_json import INT64_MAX, int64_at_least_zero
 from runtime.events.replay import END_TOPIC, ERROR_TOPIC
 from runtime.events.schema import Event, EventFormatError
 from runtime.events.security import ClientCurve
@@ -90,6 +91,8 @@ class EventSubscriber:
     ) -> None:
         if dead_after_heartbeats < 1:
             raise ValueError("dead_after_heartbeats must be >= 1")
+        if since is not None and not int64_at_least_zero(since[1]):
+            raise ValueError(f"since seq {since[1]!r}: must be an integer from 0 to {INT64_MAX}")
         self.connect_endpoint = connect
         self.replay_endpoint = replay
         self._topics = tuple(t.encode() for t in topics) or (b"",)
@@ -128,6 +131,7 @@ class EventSubscriber:
         self._poller.register(self._sub, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
         self._handshake_failure: int | None = None
+        self._handshake_why = ""
         self._t0 = time.monotonic()
 
         self._lvc_events: list[Event] = []
@@ -247,6 +251,7 @@ class EventSubscriber:
             code = int(event["event"])
             if code == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_failure = None
+                self._handshake_why = ""
                 continue
             if self._handshake_failure is not None:
                 continue  # reconnects repeat it: report once until a handshake succeeds
@@ -257,6 +262,7 @@ class EventSubscriber:
                 why = "handshake failed: the publisher probably requires CURVE (--curve-server-key/--curve-client-key)"
             else:
                 why = "handshake failed: wrong server key, or the publisher does not use CURVE"
+            self._handshake_why = why
             self._state("refused", f"{self.connect_endpoint}: {why}")
 
     # ------------------------------------------------------------------ incoming
@@ -429,7 +435,8 @@ class EventSubscriber:
             self._state(
                 "dead",
                 f"publisher {self.connect_endpoint} is dead: nothing heard for {silent_s:.1f} s "
-                f"({self._dead_after} heartbeats)",
+                f"({self._dead_after} heartbeats)"
+                + (f"; it is running but {self._handshake_why}" if self._handshake_why else ""),
             )
 
     def _state(self, state: str, message: str) -> None:

@@ -6,7 +6,9 @@ while it cannot inspect, `set_ready(True)` once the model is warm and the pipeli
 from a thread (stdlib http.server) on `[health] host/port`:
 
 - `GET /healthz/live`  200 while the process runs (the server answering is the proof).
-- `GET /healthz/ready` 200 when ready, else 503; the JSON body carries the reason.
+- `GET /healthz/ready` 200 when ready, else 503; the JSON body carries the reason. Besides
+  `set_ready`, checks added with `add_check` (the replay and control servers' threads) make it
+  503 while any of them reports a problem.
 - `GET /healthz`       200 with the whole document (live, ready, reason, uptime, last status).
 - `GET /metrics`       Prometheus text (or OpenMetrics when asked) from the state's own registry.
 
@@ -110,6 +112,8 @@ class HealthState:
         self._status_at: float | None = None
         self._updates = 0
         self._warned_collisions: set[str] = set()
+        self._checks: list[tuple[str, Callable[[], str | None]]] = []
+        self._checks_logged = ""
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_StatusCollector(self))
         if process_metrics:
@@ -128,6 +132,31 @@ class HealthState:
             self._ready = ready
             self._reason = reason if reason or ready else "not ready"
 
+    def add_check(self, name: str, check: Callable[[], str | None]) -> None:
+        """A condition that makes the daemon not ready while it returns a reason (evaluated at each
+        read, so a server thread that died turns readiness false at once). A check that raises
+        counts as failing."""
+        with self._lock:
+            self._checks.append((name, check))
+
+    def _failed_checks(self) -> list[str]:
+        reasons: list[str] = []
+        for name, check in self._checks:
+            try:
+                reason = check()
+            except Exception as exc:
+                reason = f"check failed: {type(exc).__name__}: {exc}"
+            if reason:
+                reasons.append(f"{name}: {reason}")
+        text = "; ".join(reasons)
+        if text != self._checks_logged:
+            if reasons:
+                log.error("health: not ready (%s)", text)
+            else:
+                log.warning("health: checks pass again")
+            self._checks_logged = text
+        return reasons
+
     def update(self, status: Mapping[str, Any]) -> None:
         """The daemon's latest `status` dict (nested; numbers, bools and strings are exposed)."""
         with self._lock:
@@ -145,6 +174,9 @@ class HealthState:
             now = self._clock()
             age = None if self._status_at is None else now - self._status_at
             ready, reason = self._ready, self._reason
+            failed = self._failed_checks() if ready else []
+            if failed:
+                ready, reason = False, "; ".join(failed)
             if ready and self.stale_after_s is not None and (age is None or age > self.stale_after_s):
                 ready = False
                 reason = (

@@ -65,7 +65,21 @@ def resolve_cti_path(config: GenicamSourceConfig) -> Path:
             f"GenTL producer {path} (from {origin}) does not exist; install the camera vendor's "
             f"producer and point source.genicam.cti_path or ${CTI_ENV} at its .cti file"
         )
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise CameraError(f"GenTL producer {path}: cannot read it ({exc.strerror})") from None
+    if not magic.startswith(_LIBRARY_MAGICS):
+        raise CameraError(
+            f"{path} is not a GenTL producer: a .cti file is a shared library (ELF, PE or Mach-O) and this "
+            f"file starts with {magic!r}; point source.genicam.cti_path or ${CTI_ENV} at the camera "
+            "vendor's .cti file (nothing about the camera, its power or its cabling was checked yet)"
+        )
     return Path(path)
+
+
+_LIBRARY_MAGICS = (b"\x7fELF", b"MZ", b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
 
 
 @dataclass(frozen=True)

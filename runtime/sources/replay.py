@@ -12,7 +12,8 @@ and `line0` keeps increasing (the web is as if it ran on), so it never finishes.
 Problems with the input are errors, not faults to ride out: a missing path, an empty folder, a file
 OpenCV cannot read, or an image whose width or colour layout differs from the first one raise
 `CameraError` naming the file (from `start()` when they can be seen without decoding everything,
-otherwise from the `read()` that reaches the file).
+otherwise from the `read()` that reaches the file); those found by `read()` are `SourceInputError`,
+which the pipeline does not retry (it stops the daemon at once, naming the file).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import cv2
 import numpy as np
 
 from runtime.config import ReplaySourceConfig
-from runtime.errors import CameraError
+from runtime.errors import CameraError, SourceInputError
 from runtime.frame import Frame
 from runtime.sources.base import SourceState, SourceStatus
 
@@ -55,7 +56,7 @@ def list_replay_files(path: Path) -> list[Path]:
 def _load(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR)
     if image is None or image.size == 0:
-        raise CameraError(
+        raise SourceInputError(
             f"replay image {path} cannot be read (not an image OpenCV can decode, or truncated)"
         )
     if image.dtype != np.uint8:  # IMREAD_ANYCOLOR already scales to 8 bits; be sure
@@ -169,7 +170,7 @@ class ReplaySource:
         path = self._files[index]
         image = self._image if len(self._files) == 1 and self._image is not None else _load(path)
         if tuple(image.shape[1:]) != self._layout:
-            raise CameraError(
+            raise SourceInputError(
                 f"replay image {path} is {_describe(image.shape[1:])} but {self._files[0].name} is "
                 f"{_describe(self._layout or ())}; all images of a replay must have the same width and colour"
             )

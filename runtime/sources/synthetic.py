@@ -125,9 +125,8 @@ class SyntheticSource:
         if self.config.realtime:
             due_ns = self._t0_ns + int((loom.lines_emitted + n) / self.line_rate_hz * 1e9)
             wait_s = (due_ns - time.monotonic_ns()) / 1e9
-            if wait_s > timeout_s:
+            if wait_s > timeout_s:  # pacing, not a timeout: the simulated camera never fails to deliver
                 self._stop_event.wait(max(0.0, timeout_s))
-                self._timeouts += 1
                 return None
             if wait_s > 0 and self._stop_event.wait(wait_s):
                 return None

@@ -350,3 +350,25 @@ def _spooled_exists(tmp_path: Path) -> bool:
         return any(e["kind"] == "status" for e in _spooled(tmp_path))
     except Exception:
         return False
+
+
+def test_replay_images_of_mixed_widths_stop_the_daemon_at_the_first_error_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    import cv2
+
+    from runtime.config import ReplaySourceConfig
+    from runtime.errors import SourceInputError
+    from runtime.sources.replay import ReplaySource
+
+    folder = tmp_path / "web"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "a.png"), rng.integers(90, 160, (600, 512), dtype=np.uint8))
+    cv2.imwrite(str(folder / "b.png"), rng.integers(90, 160, (600, 480), dtype=np.uint8))
+    config = _config(tmp_path, _bundle(tmp_path), length_m=None)
+    source = ReplaySource(ReplaySourceConfig(path=folder, block_lines=256))
+    daemon = Daemon(config, source=source)
+    with pytest.raises(SourceInputError, match=r"b\.png is 480 px wide gray but a\.png is 512 px wide gray"):
+        daemon.run()
+    assert daemon.status()["source_errors"] == 1  # not retried 20 times: it cannot clear

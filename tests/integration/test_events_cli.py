@@ -190,3 +190,11 @@ def test_format_event_leads_with_what_an_operator_reads_first() -> None:
     assert line.startswith("#12 ") and "defect" in line and "line-1 roll=R9" in line
     assert line.index("class=hole") < line.index("score=0.934") < line.index("model=m1")
     assert "crop=2.0kB" in line
+
+
+def test_subscribe_refuses_a_since_beyond_int64_before_sending_anything() -> None:
+    # issue 17: a typo such as 20 nines used to kill the daemon's replay thread
+    proc = _popen("subscribe", "--connect", free_endpoint(), "--since", "99999999999999999999")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "--since '99999999999999999999'" in err and "9223372036854775807" in err

@@ -78,7 +78,7 @@ def test_replay_sends_the_exact_published_frames_then_the_end_marker(
     ("request_frames", "needle"),
     [
         ([b"not json at all"], "not JSON"),
-        ([b'{"since_seq": -5}'], ">= 0"),
+        ([b'{"since_seq": -5}'], "from 0 to"),
         ([b'{"since_seq": "all"}'], "integer"),
         ([b'{"since": 1}'], "unknown key"),
         ([b"[]"], "JSON object"),
@@ -149,3 +149,113 @@ def test_a_long_replay_to_a_slow_reader_is_complete_and_in_order(
         ctx.destroy(linger=0)
     assert seqs == list(range(1, n + 1))
     assert publisher.status()["replay"]["events_sent"] >= n
+
+
+# ----------------------------------------------------------------------------- issue 17: no request kills it
+@pytest.mark.parametrize(
+    ("request_bytes", "needle"),
+    [
+        (b'{"since_seq": 18446744073709551616}', "from 0 to"),  # was OverflowError in the spool reader
+        (b'{"since_seq": ' + b"[" * 2000 + b"]" * 2000 + b"}", "nested"),  # was RecursionError
+        (b"[" * 4000, "nested"),
+        (b'{"since_seq": 99999999999999999999}', "from 0 to"),  # what a typo in --since sent
+    ],
+)
+def test_a_request_that_used_to_kill_the_replay_thread_gets_replay_error_and_the_next_is_served(
+    publisher: EventPublisher, dealer: zmq.Socket, request_bytes: bytes, needle: str
+) -> None:
+    publisher.publish("defect", {}, roll_id="R1")
+    events, reply = _answer(dealer, [request_bytes])
+    assert events == [] and reply[0] == b"replay.error"
+    assert needle in json.loads(reply[1])["error"]
+    events, end = _answer(dealer, [b'{"since_seq": 0}'])
+    assert end[0] == b"replay.end" and len(events) == 1
+    replay = publisher.status()["replay"]
+    assert replay["running"] and replay["restarts_total"] == 0
+
+
+def test_a_req_socket_gets_one_error_reply_instead_of_hanging(publisher: EventPublisher) -> None:
+    ctx = zmq.Context()
+    try:
+        req = ctx.socket(zmq.REQ)
+        req.linger = 0
+        req.rcvtimeo = 3000
+        req.connect(str(publisher.replay_endpoint))
+        req.send(b'{"since_seq": 0}')
+        topic, body = req.recv_multipart()
+        assert topic == b"replay.error" and "DEALER" in json.loads(body)["error"]
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_an_error_escaping_the_serving_loop_restarts_it_and_is_counted(
+    publisher: EventPublisher, dealer: zmq.Socket
+) -> None:
+    publisher.publish("defect", {}, roll_id="R1")
+    server = publisher._replay
+    assert server is not None
+    real_serve = server._serve
+    calls = {"n": 0}
+
+    def failing_once() -> None:
+        if calls["n"] == 0 and server._sessions:  # once, with our request in progress
+            calls["n"] += 1
+            raise RuntimeError("injected fault")
+        real_serve()
+
+    server._serve = failing_once  # type: ignore[method-assign]
+    events, reply = _answer(dealer, [b'{"since_seq": 0, "id": 9}'])  # caught by the fault: told so
+    assert reply[0] == b"replay.error" and "restarted" in json.loads(reply[1])["error"]
+    assert json.loads(reply[1])["id"] == 9
+    events, end = _answer(dealer, [b'{"since_seq": 0}'])
+    assert end[0] == b"replay.end" and len(events) == 1
+    assert publisher.status()["replay"]["restarts_total"] == 1
+    assert publisher.server_problems() == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_replay_thread_makes_the_daemon_unready_until_the_supervisor_restarts_it(
+    tmp_path: Path,
+) -> None:
+    from prometheus_client import generate_latest
+
+    from runtime.ops.health import HealthState
+
+    pub = make_publisher(tmp_path, heartbeat_s=3600.0)  # the supervisor's tick is ours to call
+    pub.start()
+    ctx = zmq.Context()
+    try:
+        pub.publish("defect", {}, roll_id="R1")
+        health = HealthState(process_metrics=False)
+        health.add_check("publisher", lambda: "; ".join(pub.server_problems()) or None)
+        health.set_ready(True)
+        assert health.ready
+        server = pub._replay
+        assert server is not None and server._thread is not None
+        thread = server._thread
+
+        def die() -> None:
+            raise SystemExit("injected thread death")  # not an Exception: the thread ends
+
+        server._serve = die  # type: ignore[method-assign]
+        thread.join(5)
+        assert not thread.is_alive()
+        doc = health.snapshot()
+        assert doc["ready"] is False and "replay server" in doc["reason"] and "thread dead" in doc["reason"]
+        assert pub.status()["alarm"] == "replay_down"
+
+        del server._serve  # the bug is gone; the supervisor starts a new thread on the same socket
+        assert server.ensure_running() is True
+        assert not server.ensure_running()  # only once
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.rcvtimeo = 3000
+        dealer.connect(str(pub.replay_endpoint))
+        events, end = _answer(dealer, [b'{"since_seq": 0}'])
+        assert end[0] == b"replay.end" and len(events) == 1
+        assert health.ready
+        health.update({"publisher": pub.status()})
+        assert b"loomsight_publisher_replay_restarts_total 1.0" in generate_latest(health.registry)
+    finally:
+        ctx.destroy(linger=0)
+        pub.close()

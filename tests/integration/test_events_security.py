@@ -188,3 +188,18 @@ def test_refused_subscribers_are_told_why_instead_of_silence(
     assert [s for s, _ in reports["plaintext"]] == ["refused"]
     assert "requires CURVE" in reports["plaintext"][0][1]
     assert reports["plc"] == []  # allowed: heartbeats arrive, nothing to report
+
+
+def test_a_plaintext_subscriber_that_gives_up_is_told_the_publisher_requires_curve_not_only_dead(
+    publisher: EventPublisher,
+) -> None:
+    got: list[tuple[str, str]] = []
+    sub = EventSubscriber(
+        connect=publisher.pub_endpoint, replay=None, dead_after_heartbeats=1, on_state=_recorder(got)
+    )
+    try:
+        assert list(sub.events(timeout_s=2.5)) == []
+    finally:
+        sub.close()
+    dead = [m for s, m in got if s == "dead"]
+    assert dead and "is dead" in dead[0] and "it is running but" in dead[0] and "requires CURVE" in dead[0]

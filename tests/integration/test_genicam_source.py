@@ -164,3 +164,13 @@ def test_restart_after_stop(viky_cti: Path) -> None:
         assert src.status().state == "running"
     finally:
         src.stop()
+
+
+def test_a_file_that_is_not_a_gentl_producer_is_named_as_such_not_as_a_missing_camera(tmp_path: Path) -> None:
+    fake = tmp_path / "producer.cti"
+    fake.write_text("this is a text file, not a shared library\n")
+    with pytest.raises(
+        CameraError, match=r"is not a GenTL producer: a \.cti file is a shared library"
+    ) as info:
+        GenicamSource(config(fake, serial_number="1")).start()
+    assert "cabling" not in str(info.value).split("(nothing")[0]

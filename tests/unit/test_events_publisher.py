@@ -277,3 +277,45 @@ def test_close_leaves_nothing_open_in_a_context_the_daemon_owns(tmp_path: Path) 
 
     threading.Thread(target=term, daemon=True).start()
     assert done.wait(3.0), "a socket of the publisher is still open: context.term() blocks"
+
+
+def test_events_held_for_a_constraint_error_are_reported_with_that_cause_not_a_full_disk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pub = _publisher(tmp_path)
+    pub.start()
+
+    def taken() -> None:
+        raise sqlite3.IntegrityError("UNIQUE constraint failed: events.seq")
+
+    pub.spool._fault = taken
+    assert pub.publish("defect", {}, roll_id="R") == 0
+    with caplog.at_level("ERROR", logger="runtime.events.publisher"):
+        pub.close()
+    lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    assert lost and "UNIQUE constraint failed" in lost[0] and "full disk could not" not in lost[0]
+
+
+def test_a_second_publisher_on_the_same_spool_refuses_to_start_and_the_first_keeps_its_seqs(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    first = _publisher(tmp_path)
+    first.start()
+    try:
+        assert first.publish("roll", {"state": "started"}, roll_id="R1") == 1
+        port = free_tcp_port()
+        second = _publisher(tmp_path, pub=f"tcp://127.0.0.1:{port}")
+        with pytest.raises(SpoolError, match=rf"in use by another Loomsight daemon \(PID {os.getpid()}"):
+            second.start()
+        # it left nothing bound and did not touch the first's spool
+        probe: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
+        try:
+            probe.bind(f"tcp://127.0.0.1:{port}")
+        finally:
+            probe.close(linger=0)
+        assert first.publish("defect", {}, roll_id="R1") == 2
+        assert first.status()["alarm"] is None
+    finally:
+        first.close()

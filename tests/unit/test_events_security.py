@@ -194,3 +194,98 @@ def test_enforced_zap_domain_fails_closed_without_a_handler() -> None:
         assert results[1] == 0
     finally:
         ctx.destroy(linger=0)
+
+
+# ----------------------------------------------------------------------------- issue 17: StrictModes
+def _allowed_dir(tmp_path: Path) -> Path:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir(mode=0o700)
+    allowed.chmod(0o700)
+    public_path, _ = generate_key_files(tmp_path / "keys", "plc")
+    (allowed / "plc.key").write_bytes(public_path.read_bytes())
+    (allowed / "plc.key").chmod(0o644)
+    return allowed
+
+
+def test_a_folder_any_local_user_can_write_is_refused_unless_strict_modes_is_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    allowed = _allowed_dir(tmp_path)
+    allowed.chmod(0o777)
+    with pytest.raises(
+        ConfigError, match=r"writable by its group and others \(mode 0777\).*chmod go-w"
+    ) as info:
+        load_allow_list(allowed)
+    assert "security.strict_modes = false" in str(info.value)
+    allowed.chmod(0o775)
+    with pytest.raises(ConfigError, match=r"writable by its group \(mode 0775\)"):
+        load_allow_list(allowed)
+    with caplog.at_level("WARNING", logger="runtime.events.security"):
+        keys, problems = load_allow_list(allowed, strict_modes=False)
+        load_allow_list(allowed, strict_modes=False)  # warned once, not on every recheck
+    assert len(keys) == 1 and problems == []
+    warnings = [r.getMessage() for r in caplog.records if "strict_modes = false" in r.getMessage()]
+    assert len(warnings) == 1 and "mode 0775" in warnings[0]
+
+
+def test_a_key_file_others_can_write_is_not_accepted_and_the_server_refuses_to_start(tmp_path: Path) -> None:
+    allowed = _allowed_dir(tmp_path)
+    (allowed / "plc.key").chmod(0o666)
+    keys, problems = load_allow_list(allowed)
+    assert keys == frozenset() and len(problems) == 1 and "key file" in problems[0] and "0666" in problems[0]
+    _, secret = generate_key_files(tmp_path / "server", "server")
+    ctx = zmq.Context()
+    try:
+        with pytest.raises(ConfigError, match=r"did not load.*writable by its group and others"):
+            CurveServer(server_secret_key=secret, authorized_keys_dir=allowed, recheck_s=1.0).start(ctx)
+        lenient = CurveServer(
+            server_secret_key=secret, authorized_keys_dir=allowed, recheck_s=1.0, strict_modes=False
+        )
+        lenient.start(ctx)
+        assert lenient.authorized_keys == 1
+        lenient.stop()
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_folder_or_key_owned_by_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    allowed = _allowed_dir(tmp_path)
+    if os.geteuid() == 0:
+        os.chown(allowed / "plc.key", 12345, -1)
+        owner = 12345
+    else:  # as an ordinary user we cannot chown: pretend the daemon runs as someone else
+        owner = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: owner + 1)
+        with pytest.raises(ConfigError, match=rf"owned by uid {owner}, not by this daemon's user"):
+            load_allow_list(allowed)
+        return
+    keys, problems = load_allow_list(allowed)
+    assert keys == frozenset() and len(problems) == 1
+    assert f"owned by uid {owner}, not by this daemon's user (uid 0) or root" in problems[0]
+
+
+def test_a_folder_made_writable_after_start_refuses_every_client_at_the_next_recheck(tmp_path: Path) -> None:
+    allowed = _allowed_dir(tmp_path)
+    _, secret = generate_key_files(tmp_path / "server", "server")
+    ctx = zmq.Context()
+    try:
+        server = CurveServer(server_secret_key=secret, authorized_keys_dir=allowed, recheck_s=1.0)
+        server.start(ctx)
+        assert server.authorized_keys == 1
+        allowed.chmod(0o777)
+        assert server.recheck() is True and server.authorized_keys == 0  # fail closed
+        server.stop()
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_the_public_key_file_says_where_a_client_key_and_where_the_publishers_key_go(tmp_path: Path) -> None:
+    public_path, _ = generate_key_files(tmp_path, "server")
+    text = public_path.read_text()
+    assert "A subscriber's key: copy it into the publisher's security.authorized_keys_dir" in text
+    assert "The publisher's own key: give it to subscribers (loomsight subscribe --curve-server-key)" in text
+    assert "to allow this client" not in text

@@ -239,3 +239,79 @@ def test_last_body_restores_the_current_roll(tmp_path: Path) -> None:
     body = spool.last_body()
     assert body is not None and body["roll_id"] == "R" and json.dumps(body)
     spool.close()
+
+
+# ----------------------------------------------------------------------------- issue 17: one spool, one owner
+def test_a_second_open_of_a_spool_in_use_is_refused_until_the_owner_closes(tmp_path: Path) -> None:
+    import os
+
+    first = _open(tmp_path)
+    assert first.owner_pid == os.getpid()
+    assert first.lock_path.read_text().strip() == str(os.getpid())
+    second = EventSpool(SpoolConfig(path=tmp_path / "s.sqlite3", reserve_mb=0.1))
+    with pytest.raises(
+        SpoolError, match=rf"in use by another Loomsight daemon \(PID {os.getpid()}, lock file"
+    ):
+        second.open()
+    assert not second.is_open
+    assert _append(first) == 1  # the owner is untouched
+    first.close()
+    assert first.owner_pid is None  # the PID goes with the lock; the file stays
+    second.open()
+    assert _append(second) == 2
+    second.close()
+
+
+def test_a_spool_held_by_another_process_names_its_pid_and_kill_9_frees_it(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    path = tmp_path / "s.sqlite3"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from runtime.config import SpoolConfig; from runtime.events.spool import EventSpool; "
+            f"s = EventSpool(SpoolConfig(path={str(path)!r}, reserve_mb=0)); s.open(); print('open', flush=True); "
+            "sys.stdin.read()",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(
+            SpoolError, match=rf"PID {holder.pid}\b.*stop that daemon, or give this one its own"
+        ):
+            EventSpool(SpoolConfig(path=path, reserve_mb=0)).open()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        spool = EventSpool(SpoolConfig(path=path, reserve_mb=0))
+        spool.open()  # the kernel dropped the dead owner's lock
+        assert spool.owner_pid == os.getpid()
+        spool.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+
+
+def test_a_constraint_error_is_not_called_a_full_disk(tmp_path: Path) -> None:
+    spool = _open(tmp_path)
+
+    def taken() -> None:
+        raise sqlite3.IntegrityError("UNIQUE constraint failed: events.seq")
+
+    spool._fault = taken
+    with pytest.raises(SpoolError, match="seq already taken: another process wrote this spool") as info:
+        _append(spool)
+    assert not isinstance(info.value, SpoolFullError) and "not a full disk" in str(info.value)
+    assert spool.alarm == "spool_error"
+    spool.close()

@@ -192,3 +192,25 @@ def test_flatten_status_paths() -> None:
     numbers, texts = flatten_status({"a": {"b": 1, "c": True, "d": "x", "e": None}, "f": 2.5})
     assert numbers == {("a", "b"): 1.0, ("a", "c"): 1.0, ("f",): 2.5}
     assert texts == {("a", "d"): "x"}
+
+
+def test_a_failing_check_makes_ready_false_with_its_reason_and_a_raising_check_counts_as_failing() -> None:
+    state = HealthState(process_metrics=False)
+    problem: dict[str, str | None] = {"replay": None}
+    state.add_check("publisher", lambda: problem["replay"])
+    state.set_ready(True)
+    assert state.ready
+    problem["replay"] = "replay server on tcp://x is down (thread dead)"
+    doc = state.snapshot()
+    assert (
+        doc["ready"] is False and doc["reason"] == "publisher: replay server on tcp://x is down (thread dead)"
+    )
+    problem["replay"] = None
+    assert state.ready
+
+    def broken() -> str | None:
+        raise RuntimeError("boom")
+
+    state.add_check("control", broken)
+    doc = state.snapshot()
+    assert doc["ready"] is False and "control: check failed: RuntimeError: boom" in doc["reason"]

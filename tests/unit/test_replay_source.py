@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from runtime.config import ReplaySourceConfig, SourceConfig
-from runtime.errors import CameraError
+from runtime.errors import CameraError, SourceInputError
 from runtime.frame import Frame
 from runtime.sources.base import FrameSource
 from runtime.sources.factory import open_source
@@ -126,7 +126,7 @@ def test_unreadable_image_is_named(tmp_path: Path) -> None:
     (folder / "web_001.png").write_bytes(good[:60])
     src = make(folder, block_lines=64)
     src.start()
-    with pytest.raises(CameraError, match=r"web_001\.png cannot be read"):
+    with pytest.raises(SourceInputError, match=r"web_001\.png cannot be read"):
         read_all(src)
 
 
@@ -137,7 +137,7 @@ def test_images_of_different_widths_are_refused(tmp_path: Path) -> None:
     cv2.imwrite(str(folder / "b.png"), web(100, width=48))
     src = make(folder, block_lines=50)
     src.start()
-    with pytest.raises(CameraError, match=r"b\.png is 48 px wide gray but a\.png is 40 px wide gray"):
+    with pytest.raises(SourceInputError, match=r"b\.png is 48 px wide gray but a\.png is 40 px wide gray"):
         read_all(src)
 
 

@@ -50,6 +50,7 @@ def test_realtime_paces_frames_at_the_line_rate() -> None:
     src.start()
     t0 = time.monotonic()
     assert src.read(timeout_s=0.01) is None  # the first frame is not due for 0.1 s
+    assert src.status().timeouts == 0  # a paced wait is not a camera timeout (issue 17.5)
     got, times = [], []
     while (f := src.read(timeout_s=1.0)) is not None:
         got.append(f)
