@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 # The run's floor is the first value. The top is finer: a dense model's peak P(defect) saturates
 # near 1, and on the first dense bundle every class but hole hit 0.95 with precision still < 0.4.
-GRID = np.round(np.r_[np.arange(0.20, 0.951, 0.05), 0.97, 0.98, 0.99, 0.995], 3)
+GRID: np.ndarray = np.round(
+    np.concatenate([np.arange(0.20, 0.951, 0.05), np.array([0.97, 0.98, 0.99, 0.995])]), 3
+)
 EDGE_MASK_GRID_MM = np.arange(0.0, 20.01, 1.0)
 MIN_FOUND = 3  # true defects a class's best threshold must find on the tuning rolls to be tuned
 
