@@ -271,7 +271,7 @@ def train_dense(opts: DenseOptions) -> DenseResult:
             elapsed_s += time.monotonic() - t0
             step_in_epoch = i + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
             if not tty and (i + 1) % max(1, steps_per_epoch // 10) == 0:
                 print(f"epoch {epoch + 1}/{opts.epochs} step {i + 1}/{steps_per_epoch} loss {float(loss):.3f} "
                       f"({elapsed_s / 3600:.2f} h)", file=sys.stderr, flush=True)  # fmt: skip
@@ -332,6 +332,7 @@ def write_sidecar(
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "command": opts.command or " ".join(sys.argv),
         "wall_clock_h": round(elapsed_s / 3600, 3),
+        "wall_clock_s": round(elapsed_s, 1),
         "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "metrics": {"history": history},
     }

@@ -85,7 +85,7 @@ def test_dense_model_trains_exports_resumes_and_runs_through_the_daemon(
     assert loomsight(["train", str(ds), "--epochs", "1", *common]) == 0
     weights = runs / "d" / "weights"
     record = json.loads((weights / "loomsight_train.json").read_text())
-    assert record["arch"] == "dense" and record["wall_clock_h"] > 0 and len(record["metrics"]["history"]) == 1
+    assert record["arch"] == "dense" and record["wall_clock_s"] > 0 and len(record["metrics"]["history"]) == 1
     assert loomsight(["train", str(ds), "--epochs", "2", "--resume", *common]) == 0
     record = json.loads((weights / "loomsight_train.json").read_text())
     assert [h["epoch"] for h in record["metrics"]["history"]] == [1, 2]

@@ -1,27 +1,26 @@
 """The open set through the daemon: a dense bundle whose agnostic channel is sure of a defect that no
-class is reports it as class "unknown" (model.unknown_defects), into a real SUB socket; with the
+class is reports it as class "unknown" (model.unknown_defects), published and spooled; with the
 open set off the same web reports nothing; an RT-DETR bundle refuses the setting at load."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import zmq
 
 from runtime.config import ModelConfig, parse_config
 from runtime.daemon.app import Daemon
 from runtime.detect.bundle import open_detector
 from runtime.errors import ModelError
 from runtime.frame import Frame
+from runtime.report.spool_rolls import SpoolRolls
 from runtime.sources.base import SourceStatus
 
 pytest.importorskip("onnx")
+from tests.conftest import free_tcp_port
 from tests.helpers.tiny_mask_model import write_tiny_mask_bundle
 from tests.helpers.tiny_models import write_tiny_bundle
 
@@ -55,9 +54,12 @@ class WebSource:
         return frame
 
 
-def _events(tmp_path: Path, endpoint: str, bundle: Path, unknown: bool) -> list[dict[str, Any]]:
+def _events(tmp_path: Path, bundle: Path, unknown: bool) -> list[dict[str, Any]]:
+    """The defect events of one roll, as the daemon published and spooled them (read back from the
+    spool: a roll this short ends before a SUB socket could reliably join)."""
     web = np.full((3000, 1024), 10, np.uint8)
     web[1200:1400, 400:520] = 200  # P(defect) ~0.78 at the model's cells
+    spool = tmp_path / f"spool-{unknown}.sqlite3"
     config = parse_config(
         {
             "line_id": "open-set",
@@ -65,39 +67,22 @@ def _events(tmp_path: Path, endpoint: str, bundle: Path, unknown: bool) -> list[
             "model": {"bundle": str(bundle), "batch_size": 4, "retry_load_s": 0,
                       "thresholds": {"hole": 0.95, "stain": 0.95},
                       "unknown_defects": {"enabled": unknown, "threshold": 0.6}},
-            "publish": {"pub_endpoint": endpoint, "replay_endpoint": None, "jpeg_crops": False},
-            "spool": {"path": str(tmp_path / f"spool-{unknown}.sqlite3")},
+            "publish": {"pub_endpoint": f"tcp://127.0.0.1:{free_tcp_port()}", "replay_endpoint": None,
+                        "jpeg_crops": False},
+            "spool": {"path": str(spool)},
         }
     )  # fmt: skip
-    sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    for topic in (b"defect.", b"roll."):
-        sub.setsockopt(zmq.SUBSCRIBE, topic)
-    sub.connect(endpoint)
-    received: list[dict[str, Any]] = []
-    done = threading.Event()
-
-    def listen() -> None:
-        while not done.is_set():
-            if sub.poll(50):
-                topic, body, *_ = sub.recv_multipart()
-                received.append(json.loads(body))
-                if topic.startswith(b"roll.") and received[-1].get("state") == "end":
-                    done.set()
-
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
-    time.sleep(0.3)
-    Daemon(config, source=WebSource(web), roll_id=f"open-{unknown}").run()
-    assert done.wait(15), "the roll end never reached the subscriber"
-    listener.join(timeout=5)
-    sub.close()
-    return [e for e in received if e["kind"] == "defect"]
+    summary = Daemon(config, source=WebSource(web), roll_id=f"open-{unknown}").run()
+    assert summary["state"] == "end", summary
+    with SpoolRolls(spool) as rolls:
+        roll = rolls.roll(f"open-{unknown}")
+    assert roll.end is not None
+    return roll.defects
 
 
-def test_a_defect_no_class_is_sure_of_is_reported_as_unknown(tmp_path: Path, loopback_endpoint: str) -> None:
+def test_a_defect_no_class_is_sure_of_is_reported_as_unknown(tmp_path: Path) -> None:
     bundle = write_tiny_mask_bundle(tmp_path / "dense", classes=["hole", "stain"], class_probs=[0.5, 0.5])
-    defects = _events(tmp_path, loopback_endpoint, bundle, unknown=True)
+    defects = _events(tmp_path, bundle, unknown=True)
     assert [e["class"] for e in defects] == ["unknown"], defects
     x0, y0, x1, y1 = defects[0]["bbox_px"]
     assert abs(x0 - 400) <= 8 and abs(x1 - 520) <= 8 and abs(y0 - 1200) <= 8 and abs(y1 - 1400) <= 8
@@ -107,7 +92,7 @@ def test_with_the_open_set_off_the_same_defect_is_not_reported(
     tmp_path: Path, loopback_endpoint: str
 ) -> None:
     bundle = write_tiny_mask_bundle(tmp_path / "dense", classes=["hole", "stain"], class_probs=[0.5, 0.5])
-    assert _events(tmp_path, loopback_endpoint, bundle, unknown=False) == []
+    assert _events(tmp_path, bundle, unknown=False) == []
 
 
 def test_an_rtdetr_bundle_refuses_the_open_set(tmp_path: Path) -> None:

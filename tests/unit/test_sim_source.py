@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 
 import numpy as np
@@ -58,7 +57,9 @@ def test_realtime_paces_frames_at_the_line_rate() -> None:
     assert len(got) == 4  # 0.02 m = 200 lines
     assert times[-1] >= 0.38, times
     assert times[-1] < 1.5, times
-    assert all(b - a > 0.05 for a, b in itertools.pairwise(times)), times
+    # never early: frame i is due (i + 1) x 0.1 s after the start (a loaded machine may make one late;
+    # the next is then on time again, so gaps between frames are not a measure of pacing)
+    assert all(t >= 0.1 * (i + 1) - 0.01 for i, t in enumerate(times)), times
     src.stop()
 
 
