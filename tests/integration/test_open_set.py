@@ -4,7 +4,6 @@ open set off the same web reports nothing; an RT-DETR bundle refuses the setting
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,43 +14,13 @@ from runtime.config import ModelConfig, parse_config
 from runtime.daemon.app import Daemon
 from runtime.detect.bundle import open_detector
 from runtime.errors import ModelError
-from runtime.frame import Frame
+from runtime.inspect.images import ImageSource
 from runtime.report.spool_rolls import SpoolRolls
-from runtime.sources.base import SourceStatus
 
 pytest.importorskip("onnx")
 from tests.conftest import free_tcp_port
 from tests.helpers.tiny_mask_model import write_tiny_mask_bundle
 from tests.helpers.tiny_models import write_tiny_bundle
-
-
-class WebSource:
-    """One dark web with a bright patch, in blocks of lines."""
-
-    def __init__(self, web: np.ndarray, block_lines: int = 400) -> None:
-        self.web, self.block, self.y, self.seq = web, block_lines, 0, 0
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    @property
-    def finished(self) -> bool:
-        return self.y >= len(self.web)
-
-    def status(self) -> SourceStatus:
-        return SourceStatus(state="finished" if self.finished else "running", frames=self.seq, source="web")
-
-    def read(self, *, timeout_s: float) -> Frame | None:
-        if self.finished:
-            return None
-        block = self.web[self.y : self.y + self.block]
-        self.seq += 1
-        frame = Frame(np.ascontiguousarray(block), self.seq, time.time_ns(), self.y, "web")
-        self.y += len(block)
-        return frame
 
 
 def _events(tmp_path: Path, bundle: Path, unknown: bool) -> list[dict[str, Any]]:
@@ -72,7 +41,7 @@ def _events(tmp_path: Path, bundle: Path, unknown: bool) -> list[dict[str, Any]]
             "spool": {"path": str(spool)},
         }
     )  # fmt: skip
-    summary = Daemon(config, source=WebSource(web), roll_id=f"open-{unknown}").run()
+    summary = Daemon(config, source=ImageSource(web, "web", block_lines=400), roll_id=f"open-{unknown}").run()
     assert summary["state"] == "end", summary
     with SpoolRolls(spool) as rolls:
         roll = rolls.roll(f"open-{unknown}")
