@@ -105,8 +105,11 @@ def choose_thresholds(
         best = np.flatnonzero(f1 >= f1.max() - 1e-9)
         k = int(best[len(best) // 2])  # the middle of the best plateau
         if n_truth == 0 or f1.max() <= 0 or found[k] < min_found:
+            # raised to the lowest threshold that silences its false alarms, or, when none does (a dense
+            # model's peaks saturate), to the quietest one; never lowered
             silent = np.flatnonzero(n_rep == 0)
-            thr = max(cur, float(grid[silent[0]])) if len(silent) else cur
+            quiet = silent[0] if len(silent) else int(np.argmin(n_rep))
+            thr = max(cur, float(grid[quiet]))
             k = int(np.argmin(np.abs(grid - thr)))
             out[c] = WebTuning(c, thr, float(precision[k]), float(recall[k]), float(f1[k]), n_truth, False)
             continue

@@ -41,6 +41,19 @@ def test_a_class_with_only_false_alarms_is_raised_to_silence_them_never_lowered(
     assert chosen["hole"].tuned
 
 
+def test_false_alarms_no_threshold_silences_get_the_quietest_threshold() -> None:
+    # a dense model's false floats: peaks from 0.3 up to 1.0, some at 1.0 that no threshold drops
+    reported = [_box("float", 100 * i, 0) for i in range(20)]
+    scores = [0.3 + 0.035 * i for i in range(18)] + [1.0, 1.0]
+    chosen = choose_thresholds([([], reported, scores)], ["float"], {"float": 0.5})["float"]
+    assert (
+        chosen.threshold == pytest.approx(0.9) and not chosen.tuned
+    )  # the first above every peak but the two 1.0s (max 0.895)
+    # ... and a class whose false alarms all sit at 1.0 keeps its threshold (nothing is quieter)
+    chosen = choose_thresholds([([], reported[:3], [1.0] * 3)], ["float"], {"float": 0.5})["float"]
+    assert chosen.threshold == 0.5
+
+
 def test_a_threshold_that_finds_fewer_than_three_defects_is_not_chosen() -> None:
     # one thin place found at 0.2 among 10 missed: its F1 > 0, but one defect is no evidence
     truth = [_box("thin_place", 100 * i, 0) for i in range(10)]
