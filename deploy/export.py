@@ -45,7 +45,6 @@ from runtime.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
-SIDECAR_NAME_DENSE = "loomsight_train.json"  # offline_train.dense.train.SIDECAR_NAME
 
 STEPS = 6
 
@@ -353,7 +352,9 @@ def _training_files(checkpoint: Path, work: Path) -> dict[str, Path]:
 
 
 def _is_dense(path: Path) -> bool:
-    sidecar = Path(path).parent / SIDECAR_NAME_DENSE
+    from offline_train.train import SIDECAR_NAME
+
+    sidecar = Path(path).parent / SIDECAR_NAME
     if sidecar.is_file():
         try:
             return json.loads(sidecar.read_text(encoding="utf-8")).get("arch") == "dense"

@@ -34,12 +34,12 @@ from offline_train.dense.data import (
 )
 from offline_train.dense.loss import dense_loss, downsample_labels
 from offline_train.dense.model import OUTPUT_STRIDE_PX, DenseDefectNet, count_parameters
+from offline_train.train import SIDECAR_NAME  # one training-record name for both trainers
 from runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 ARCH = "dense"
-SIDECAR_NAME = "loomsight_train.json"
 
 
 @dataclass
@@ -74,7 +74,7 @@ class DenseResult:
 
 
 def _progress(enabled: bool, total: int, desc: str) -> Any:
-    """A tqdm bar on a terminal; on a redirected log, a plain line every 10 %."""
+    """A tqdm bar on a terminal, none otherwise (the training loop then prints a plain line every 10 %)."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
@@ -98,14 +98,6 @@ def load_dense_checkpoint(path: Path) -> tuple[DenseDefectNet, dict[str, Any]]:
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, ckpt
-
-
-def is_dense_checkpoint(path: Path) -> bool:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        return False
-    return isinstance(ckpt, dict) and ckpt.get("arch") == ARCH
 
 
 @torch.no_grad()
