@@ -261,7 +261,11 @@ def _roll_args(p: argparse.ArgumentParser, *, rolls: int, seed: int, seed_help: 
     p.add_argument("--rolls", type=int, default=rolls, help="synthetic rolls to run")
     p.add_argument("--length-m", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=seed, help=seed_help)
-    p.add_argument("--fabrics", default="all", help="'all' (the catalog, in turn) or comma-separated names")
+    p.add_argument(
+        "--fabrics",
+        default="all",
+        help="'all' (the catalog, in turn) or comma-separated names; random:SEED is a held-out fabric",
+    )
     p.add_argument("--defects-per-m", type=float, default=2.0)
     p.add_argument("--width-px", type=int, default=2048)
     p.add_argument("--batch", type=int, default=8)
@@ -269,9 +273,11 @@ def _roll_args(p: argparse.ArgumentParser, *, rolls: int, seed: int, seed_help: 
 
 def _roll_plan(args: argparse.Namespace) -> RollPlan:
     from offline_train.evaluate import RollPlan
-    from runtime.sim.fabric import FABRICS
+    from runtime.sim.fabric import FABRICS, get_fabric
 
     fabrics = sorted(FABRICS) if args.fabrics == "all" else [f.strip() for f in args.fabrics.split(",")]
+    for name in fabrics:
+        get_fabric(name)  # a misspelt name fails here, not after the first rolls
     return RollPlan.consecutive(
         args.seed, args.rolls, fabrics, args.length_m,
         width_px=args.width_px, defects_per_m=args.defects_per_m, batch_size=args.batch,

@@ -74,7 +74,9 @@ class Progress:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("out/sim"), help="output folder (created)")
     p.add_argument(
-        "--fabric", default="plain_gray", help="catalog fabric name (see runtime.sim.fabric.FABRICS)"
+        "--fabric",
+        default="plain_gray",
+        help="catalog fabric name (see runtime.sim.fabric.FABRICS) or random:SEED (a held-out fabric)",
     )
     p.add_argument("--length-m", type=float, default=2.0, help="length of web to write, metres")
     p.add_argument("--seed", type=int, default=0)

@@ -272,12 +272,19 @@ FABRICS: dict[str, FabricSpec] = {
 
 
 def get_fabric(name: str) -> FabricSpec:
-    """The catalog fabric `name`; a bare weave name (e.g. "plain") means its gray variant."""
+    """The catalog fabric `name`; a bare weave name (e.g. "plain") means its gray variant;
+    `random:SEED` is a held-out fabric drawn from that seed (`runtime.sim.novel_fabrics`)."""
+    if name.startswith("random:"):
+        from runtime.sim.novel_fabrics import novel_fabric_named
+
+        return novel_fabric_named(name)
     if name in FABRICS:
         return FABRICS[name]
     if f"{name}_gray" in FABRICS:
         return FABRICS[f"{name}_gray"]
-    raise ConfigError(f"unknown fabric {name!r}; choose one of: {', '.join(FABRICS)}")
+    raise ConfigError(
+        f"unknown fabric {name!r}; choose one of: {', '.join(FABRICS)}, or random:SEED for a held-out fabric"
+    )
 
 
 def random_fabric(rng: np.random.Generator, *, color: bool = False) -> FabricSpec:

@@ -107,3 +107,30 @@ def test_sim_help_lists_the_catalog() -> None:
     from runtime.sim.commands import CATALOG_NAMES
 
     assert tuple(FABRICS) == CATALOG_NAMES
+
+
+def test_held_out_random_fabrics_are_named_by_seed_reproducible_and_wider_than_the_catalog() -> None:
+    from runtime.sim.novel_fabrics import RANGES, novel_fabric
+
+    specs = [get_fabric(f"random:{s}") for s in range(1, 41)]
+    assert get_fabric("random:3") == specs[2]  # the same seed, the same fabric
+    assert specs[0].name == "random:1"
+    assert len({s.weave for s in specs}) >= 5
+    assert any(s.color for s in specs) and any(not s.color for s in specs)
+    for s in specs:
+        assert FabricSpec.from_dict(s.to_dict()) == s
+    catalog_pitch = [f.warp_pitch_px for f in FABRICS.values()]
+    pitches = [s.warp_pitch_px for s in specs]
+    assert min(pitches) < min(catalog_pitch) and max(pitches) > max(catalog_pitch)
+    assert all(RANGES["noise_sigma"][0] <= s.noise_sigma <= RANGES["noise_sigma"][1] for s in specs)
+    # the builder's training variations (random_fabric) never produce a random:SEED name
+    rng = np.random.default_rng(0)
+    assert not any(random_fabric(rng).name.startswith("random:") for _ in range(20))
+    assert novel_fabric(7) != novel_fabric(8)
+
+
+def test_a_bad_random_fabric_name_says_the_form() -> None:
+    with pytest.raises(ConfigError, match="random:SEED"):
+        get_fabric("random:abc")
+    with pytest.raises(ConfigError, match=">= 0"):
+        get_fabric("random:-2")
