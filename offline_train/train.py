@@ -83,6 +83,7 @@ class TrainOptions:
     backbone_from: Path | None = None  # a dense checkpoint whose encoder starts the backbone
     backbone_freeze_epochs: int = 2  # the transferred backbone is frozen this long
     command: str = ""  # the command line, for the training record
+    time_hours: float | None = None  # stop after this much training (ultralytics `time`; overrides epochs)
     augment: dict[str, float] = field(default_factory=dict)
 
 
@@ -206,6 +207,10 @@ def ultralytics_args(opts: TrainOptions, data_yaml: Path, *, tile_px: int) -> di
     if opts.lr0 is not None:
         args["lr0"] = opts.lr0
         args["optimizer"] = "AdamW"
+    if opts.time_hours is not None:
+        if opts.time_hours <= 0:
+            raise ConfigError(f"a training budget of {opts.time_hours} h is not positive")
+        args["time"] = float(opts.time_hours)
     warmup = opts.warmup_epochs
     if warmup is None:
         warmup = 0.0 if opts.weights is not None else 3.0

@@ -268,7 +268,7 @@ def tune_bundle(
             "previous_edge_mask_mm": dict(manifest.edge_mask_mm),
             "edge_mask": {c: m.as_dict() for c, m in masks.items()},
         }
-        _write_manifest(bundle, fields)
+        write_manifest(bundle, fields)
     return TuneResult(chosen, masks)
 
 
@@ -278,7 +278,7 @@ def _export_thresholds(metrics: dict[str, Any], current: dict[str, float]) -> di
     return dict(found)
 
 
-def _write_manifest(bundle: Path, fields: dict[str, Any]) -> None:
+def write_manifest(bundle: Path, fields: dict[str, Any]) -> None:
     """Validate, then replace manifest.json atomically (a crash leaves the old one)."""
     from runtime.detect.manifest import ModelManifest
 

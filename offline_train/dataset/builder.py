@@ -136,7 +136,11 @@ def build_dataset(
     class_index = {c: i for i, c in enumerate(spec.classes)}
 
     for web_no, web in enumerate(webs):
-        split = "val" if spec.val_every and web_no % spec.val_every == spec.val_every - 1 else "train"
+        split = web.split or (
+            "val" if spec.val_every and web_no % spec.val_every == spec.val_every - 1 else "train"
+        )
+        if split not in ("train", "val"):
+            raise ValueError(f"web {web.name}: split {split!r} must be 'train' or 'val'")
         card.webs[split].append(web.name)
         small, masks = _web_tiles_labels(web, spec)
         windows = tiler.layout(small.shape[1], small.shape[0])

@@ -28,6 +28,7 @@ class LabelledWeb:
     fabric: str
     labels: np.ndarray | None = None
     classes: dict[int, str] = field(default_factory=dict)  # defect id -> class name
+    split: str | None = None  # "train" or "val" when the caller decides; None: the builder's val_every
 
     def class_mask(self, class_name: str) -> np.ndarray | None:
         """Boolean mask of every defect of `class_name`, or None when there is none."""
