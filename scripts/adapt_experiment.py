@@ -8,7 +8,8 @@ of its clean web (the only thing adaptation sees, as 4096-line strips), then per
 bundled model with `loomsight adapt` and measure with `loomsight eval` on that fabric's own
 rendered defects (the simulator's, not synthesized), on fresh roll seeds that neither the clean
 web nor any tuning used. Arms: (a) no adaptation (the bundle as it is), (b) Perlin + streaks,
-(c) cut-paste, (d) GAN (only with --gan-checkpoint), (e) all together. Every (fabric, arm, seed)
+(c) cut-paste, (d) GAN (only with --gan-checkpoint), (e) all together, and (t) thresholds only
+(`--minutes 0`: no fine-tune, the threshold choice on the held-back clean web alone). Every (fabric, arm, seed)
 result is a JSON file under work/adapt_exp/results/; a run skips those that exist (resumable).
 `report` also measures label integrity (changed pixels outside the boxes, per synthesizer) and
 writes sample grids of every synthesizer on every fabric. Nothing is tuned on the eval rolls.
@@ -36,8 +37,22 @@ STRIP_LINES = 4096
 EVAL_SEED = 960001  # + 1000 * fabric seed: fresh rolls per fabric
 EVAL_ROLLS = 12
 EVAL_LENGTH_M = 4.0
-ARMS = {"a": None, "b": "perlin,streaks", "c": "cutpaste", "d": "gan", "e": "perlin,streaks,blobs,cutpaste"}
-ARM_NAMES = {"a": "no adaptation", "b": "Perlin + streaks", "c": "cut-paste", "d": "GAN", "e": "all together"}
+ARMS = {
+    "a": None,
+    "t": "none",
+    "b": "perlin,streaks",
+    "c": "cutpaste",
+    "d": "gan",
+    "e": "perlin,streaks,blobs,cutpaste",
+}
+ARM_NAMES = {
+    "a": "no adaptation",
+    "t": "thresholds only",
+    "b": "Perlin + streaks",
+    "c": "cut-paste",
+    "d": "GAN",
+    "e": "all together",
+}
 WIDTH_M = 0.2048
 
 
@@ -96,7 +111,8 @@ def run_one(fabric_seed: int, arm: str, seed: int, minutes: float, gan: Path | N
         bundle = WORK / "bundles" / f"random_{fabric_seed}_{arm}_s{seed}"
         if not (bundle / "manifest.json").is_file():
             cmd = _loomsight("adapt", "--clean", str(clean_web(fabric_seed)), "--mm-per-px", "0.1", "--out",
-                             str(bundle), "--minutes", str(minutes), "--synth", str(ARMS[arm]), "--seed", str(seed))  # fmt: skip
+                             str(bundle), "--minutes", "0" if arm == "t" else str(minutes), "--synth", str(ARMS[arm]),
+                             "--seed", str(seed))  # fmt: skip
             if gan is not None and "gan" in str(ARMS[arm]):
                 cmd += ["--gan-checkpoint", str(gan)]
             log = WORK / "logs" / f"{bundle.name}.log"
@@ -105,7 +121,8 @@ def run_one(fabric_seed: int, arm: str, seed: int, minutes: float, gan: Path | N
                 subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT)
         adapt_summary = json.loads((bundle / "adaptation.json").read_text())
     ev = _eval(bundle, fabric_seed, WORK / "evals" / f"random_{fabric_seed}_{arm}_s{seed}.json")
-    doc: dict[str, Any] = {"fabric": f"random:{fabric_seed}", "arm": arm, "seed": seed, "minutes": minutes if arm != "a" else 0,
+    doc: dict[str, Any] = {"fabric": f"random:{fabric_seed}", "arm": arm, "seed": seed,
+           "minutes": minutes if arm not in ("a", "t") else 0,
            "eval": _figures(ev), "eval_rolls": EVAL_ROLLS, "eval_length_m": EVAL_LENGTH_M,
            "eval_first_seed": EVAL_SEED + 1000 * fabric_seed, "wall_s": round(time.monotonic() - t0, 1),
            "adapt": None if adapt_summary is None else {k: adapt_summary[k] for k in (
@@ -123,9 +140,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for fs in fabrics:
         clean_web(fs)
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for fs in fabrics:
-            for arm in args.arms.split(","):
-                run_one(fs, arm, 0 if arm == "a" else seed, args.minutes, args.gan_checkpoint)
+        for arm in args.arms.split(","):  # every fabric of one arm before the next arm
+            for fs in fabrics:
+                run_one(fs, arm, 0 if arm in ("a", "t") else seed, args.minutes, args.gan_checkpoint)
     return 0
 
 
@@ -227,9 +244,9 @@ def main() -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--fabrics", default="1,2,3,4,5")
-    r.add_argument("--arms", default="a,b,c,e")
+    r.add_argument("--arms", default="a,t,e,b,c")
     r.add_argument("--seeds", default="0")
-    r.add_argument("--minutes", type=float, default=4.0)
+    r.add_argument("--minutes", type=float, default=8.0)
     r.add_argument("--gan-checkpoint", type=Path, default=None)
     sub.add_parser("report")
     args = p.parse_args()

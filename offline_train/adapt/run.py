@@ -4,8 +4,8 @@ Steps (each printed as it starts): read and check the clean images; hold back pa
 image; place synthetic defects on the held-back tiles (always the non-learned families, a fixed
 seed: before and after are measured on the same defects); measure the source bundle there; build
 the training set on the new fabric's tiles with the chosen synthesizers; fine-tune the bundle's
-model within the budget; export; choose thresholds on the held-back clean tiles for the target
-false-alarm rate; measure again; write the bundle (manifest provenance: the source bundle, the
+model within the budget; export; choose thresholds on the held-back clean web for the target
+false-alarm rate (the lowest the clean fabric allows, from the grid's floor up); measure again; write the bundle (manifest provenance: the source bundle, the
 clean images' sha256, the synthesizers, the budget) with `adaptation.md`, `adaptation.png` and
 `adaptation.json`. The new bundle appears at --out only when everything succeeded.
 """
@@ -76,9 +76,9 @@ def _measure(bundle: Path, held: check.HeldOut, webs: list[Any], classes: list[s
     scores = check.run_detector(bundle, held, webs)
     from runtime.detect.manifest import read_manifest
 
-    start = dict(read_manifest(bundle).thresholds)
     met = True
     if thresholds is None:
+        start = dict.fromkeys(read_manifest(bundle).classes, check.GRID[0])
         thresholds, met = check.choose_thresholds(scores, start, held.area_m2, target)
     fa = check.false_alarms_per_m2(scores, thresholds, held.area_m2)
     recall = check.synthetic_recall(held, scores, classes, thresholds)

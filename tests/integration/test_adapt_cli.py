@@ -56,7 +56,7 @@ def test_adapt_turns_clean_strips_into_a_loadable_bundle_with_provenance_and_a_r
     assert summary["split"] == "by image" and summary["held_back_tiles"] > 0
     assert summary["after"]["false_alarms_per_m2"] <= 0.5 or not summary["target_met"]
     assert m.thresholds == summary["after"]["thresholds"]
-    assert all(m.thresholds[c] >= summary["before"]["thresholds"][c] for c in m.classes)  # never lowered
+    assert all(0.2 <= m.thresholds[c] <= 0.99 for c in m.classes)  # chosen on the grid, floor up
     assert (out / "checkpoint.pt").is_file()  # the adapted bundle can be adapted again
     assert "| before |" in (out / "adaptation.md").read_text()
     png = cv2.imread(str(out / "adaptation.png"))
