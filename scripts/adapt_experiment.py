@@ -212,6 +212,75 @@ def _chart(table: dict[str, dict[str, list[float]]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _realism(fabrics: list[int]) -> dict[str, float]:
+    """Accuracy of a from-scratch real-vs-synthetic classifier per synthesizer family (50 % = indistinguishable)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from adapt_realism import classifier_accuracy, real_crops, synthetic_crops
+
+    from offline_train.adapt.synths import build_synthesizers
+    from runtime.preprocess import resample_to_model, to_gray
+
+    real = real_crops(fabrics)
+    tiles = []
+    for fs in fabrics:
+        for path in sorted(clean_web(fs).glob("web_*.png"))[:3]:
+            img = cv2.imread(str(path))
+            assert img is not None
+            small = resample_to_model(to_gray(img), 0.25, 0.25)
+            tiles += [
+                np.ascontiguousarray(small[y : y + 256, :256]) for y in range(0, small.shape[0] - 255, 256)
+            ]
+    out = {}
+    for family in ("perlin", "streaks", "blobs", "cutpaste"):
+        synths = build_synthesizers((family,), mm_per_px=0.4, seed=9, cutpaste_per_class=6)
+        fake = [
+            c
+            for k, sy in enumerate(synths)
+            for c in synthetic_crops(sy, tiles, len(real) // len(synths), 11 + k)
+        ]
+        out[family] = round(classifier_accuracy(real, fake), 3)
+        print(
+            f"realism {family}: classifier accuracy {out[family]} ({len(real)} real, {len(fake)} synthetic crops)"
+        )
+    return out
+
+
+def _markdown(results: list[dict[str, Any]], table: dict[str, dict[str, list[float]]], outside: dict[str, int],
+              realism: dict[str, float]) -> str:  # fmt: skip
+    arms = [a for a in ARMS if a in table]
+    lines = ["| fabric | arm | agnostic recall | agnostic precision | aware recall | aware precision | false alarms/m² |",
+             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in sorted(results, key=lambda r: (r["fabric"], list(ARMS).index(r["arm"]), r["seed"])):
+        f = r["eval"]
+        lines.append(f"| {r['fabric']} | ({r['arm']}) {ARM_NAMES[r['arm']]} s{r['seed']} | {f['agnostic_recall']:.3f} | "
+                     f"{f['agnostic_precision']:.3f} | {f['aware_recall']:.3f} | {f['aware_precision']:.3f} | "
+                     f"{f['false_alarms_per_m2']:.2f} |")  # fmt: skip
+    lines += ["", "Median (min–max) over fabrics:", "",
+              "| arm | n | agnostic recall | agnostic precision | aware recall | false alarms/m² |",
+              "|---|---:|---|---|---|---|"]  # fmt: skip
+
+    def cell(v: list[float]) -> str:
+        return f"{statistics.median(v):.3f} ({min(v):.3f}–{max(v):.3f})"
+
+    for a in arms:
+        t = table[a]
+        lines.append(f"| ({a}) {ARM_NAMES[a]} | {len(t['agnostic_recall'])} | {cell(t['agnostic_recall'])} | "
+                     f"{cell(t['agnostic_precision'])} | {cell(t['aware_recall'])} | {cell(t['false_alarms_per_m2'])} |")  # fmt: skip
+    by = {(r["fabric"], r["arm"]): r["eval"] for r in results}
+    pairs = [(fab, by[(fab, "e")], by[(fab, "a")]) for fab, arm in by if arm == "e" and (fab, "a") in by]
+    if pairs:
+        lines += ["", "(e) minus (a), per fabric: class-agnostic recall points, precision points:", ""]
+        lines += [f"- {fab}: recall {100 * (e['agnostic_recall'] - a['agnostic_recall']):+.1f}, precision "
+                  f"{100 * (e['agnostic_precision'] - a['agnostic_precision']):+.1f}" for fab, e, a in sorted(pairs)]  # fmt: skip
+    lines += ["", f"Label integrity (pixels changed outside the boxes, per synthesizer): {outside}", ""]
+    if realism:
+        lines += [
+            f"Realism proxy (real-vs-synthetic classifier accuracy, 0.5 = indistinguishable): {realism}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     results = [json.loads(p.read_text()) for p in sorted((WORK / "results").glob("*.json"))]
     if not results:
@@ -226,9 +295,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     outside, samples = _label_integrity_and_samples(fabrics)
     chart = ROOT / "docs" / "adaptation_chart.png"
     _chart(table, chart)
+    realism = {} if args.no_realism else _realism(fabrics)
     doc = {"results": results, "label_integrity_changed_pixels_outside_boxes": outside,
+           "realism_classifier_accuracy": realism,
            "eval": {"rolls_per_fabric": EVAL_ROLLS, "length_m": EVAL_LENGTH_M, "first_seed": "960001 + 1000 * fabric"},
            "machine": f"CPU, {os.cpu_count()} cores, no GPU"}  # fmt: skip
+    (ROOT / "docs" / "adaptation_experiment_tables.md").write_text(
+        _markdown(results, table, outside, realism)
+    )
     (ROOT / "docs" / "adaptation_experiment.json").write_text(json.dumps(doc, indent=2))
     print(
         json.dumps(
@@ -248,7 +322,8 @@ def main() -> int:
     r.add_argument("--seeds", default="0")
     r.add_argument("--minutes", type=float, default=8.0)
     r.add_argument("--gan-checkpoint", type=Path, default=None)
-    sub.add_parser("report")
+    rep = sub.add_parser("report")
+    rep.add_argument("--no-realism", action="store_true", help="skip the real-vs-synthetic classifier")
     args = p.parse_args()
     return cmd_run(args) if args.cmd == "run" else cmd_report(args)
 
