@@ -191,20 +191,25 @@ def _label_integrity_and_samples(fabrics: list[int]) -> tuple[dict[str, int], Pa
     return outside, path
 
 
+def _label(r: dict[str, Any]) -> str:
+    """A table row's arm, with its fine-tune budget when it has one (arms may run at different budgets)."""
+    return f"({r['arm']}) {ARM_NAMES[r['arm']]}" + (f", {r['minutes']:g} min" if r["minutes"] else "")
+
+
 def _chart(table: dict[str, dict[str, list[float]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = [a for a in ARMS if a in table]
+    arms = list(table)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, key, title in zip(axes, ("agnostic_recall", "agnostic_precision", "false_alarms_per_m2"),
                               ("class-agnostic recall", "class-agnostic precision", "false alarms / m²"), strict=True):  # fmt: skip
         meds = [statistics.median(table[a][key]) for a in arms]
         lo = [m - min(table[a][key]) for a, m in zip(arms, meds, strict=True)]
         hi = [max(table[a][key]) - m for a, m in zip(arms, meds, strict=True)]
-        ax.bar([f"({a}) {ARM_NAMES[a]}" for a in arms], meds, yerr=[lo, hi], capsize=4, color="#3b7dd8")
+        ax.bar(arms, meds, yerr=[lo, hi], capsize=4, color="#3b7dd8")
         ax.set_title(title + " — median, min–max over fabrics")
         ax.tick_params(axis="x", rotation=30, labelsize=8)
         ax.title.set_fontsize(9)
@@ -247,12 +252,13 @@ def _realism(fabrics: list[int]) -> dict[str, float]:
 
 def _markdown(results: list[dict[str, Any]], table: dict[str, dict[str, list[float]]], outside: dict[str, int],
               realism: dict[str, float]) -> str:  # fmt: skip
-    arms = [a for a in ARMS if a in table]
-    lines = ["| fabric | arm | agnostic recall | agnostic precision | aware recall | aware precision | false alarms/m² |",
-             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    arms = list(table)
+    lines = ["| fabric | arm | fine-tune min | agnostic recall | agnostic precision | aware recall | aware precision | "
+             "false alarms/m² |", "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in sorted(results, key=lambda r: (r["fabric"], list(ARMS).index(r["arm"]), r["seed"])):
         f = r["eval"]
-        lines.append(f"| {r['fabric']} | ({r['arm']}) {ARM_NAMES[r['arm']]} s{r['seed']} | {f['agnostic_recall']:.3f} | "
+        lines.append(f"| {r['fabric']} | ({r['arm']}) {ARM_NAMES[r['arm']]} s{r['seed']} | {r['minutes']:g} | "
+                     f"{f['agnostic_recall']:.3f} | "
                      f"{f['agnostic_precision']:.3f} | {f['aware_recall']:.3f} | {f['aware_precision']:.3f} | "
                      f"{f['false_alarms_per_m2']:.2f} |")  # fmt: skip
     lines += ["", "Median (min–max) over fabrics:", "",
@@ -264,14 +270,19 @@ def _markdown(results: list[dict[str, Any]], table: dict[str, dict[str, list[flo
 
     for a in arms:
         t = table[a]
-        lines.append(f"| ({a}) {ARM_NAMES[a]} | {len(t['agnostic_recall'])} | {cell(t['agnostic_recall'])} | "
+        lines.append(f"| {a} | {len(t['agnostic_recall'])} | {cell(t['agnostic_recall'])} | "
                      f"{cell(t['agnostic_precision'])} | {cell(t['aware_recall'])} | {cell(t['false_alarms_per_m2'])} |")  # fmt: skip
     by = {(r["fabric"], r["arm"]): r["eval"] for r in results}
-    pairs = [(fab, by[(fab, "e")], by[(fab, "a")]) for fab, arm in by if arm == "e" and (fab, "a") in by]
-    if pairs:
-        lines += ["", "(e) minus (a), per fabric: class-agnostic recall points, precision points:", ""]
-        lines += [f"- {fab}: recall {100 * (e['agnostic_recall'] - a['agnostic_recall']):+.1f}, precision "
-                  f"{100 * (e['agnostic_precision'] - a['agnostic_precision']):+.1f}" for fab, e, a in sorted(pairs)]  # fmt: skip
+    for hi, lo in (("e", "a"), ("d", "b"), ("t", "a")):
+        pairs = [(fab, by[(fab, hi)], by[(fab, lo)]) for fab, arm in by if arm == hi and (fab, lo) in by]
+        if pairs:
+            lines += [
+                "",
+                f"({hi}) minus ({lo}), per fabric: class-agnostic recall and precision, points:",
+                "",
+            ]
+            lines += [f"- {fab}: recall {100 * (e['agnostic_recall'] - a['agnostic_recall']):+.1f}, precision "
+                      f"{100 * (e['agnostic_precision'] - a['agnostic_precision']):+.1f}" for fab, e, a in sorted(pairs)]  # fmt: skip
     lines += ["", f"Label integrity (pixels changed outside the boxes, per synthesizer): {outside}", ""]
     if realism:
         lines += [
@@ -288,10 +299,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     fabrics = sorted({int(r["fabric"].split(":")[1]) for r in results})
     table: dict[str, dict[str, list[float]]] = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: (list(ARMS).index(r["arm"]), r["minutes"])):
         for k, v in r["eval"].items():
             if isinstance(v, (int, float)) and v is not None:
-                table.setdefault(r["arm"], {}).setdefault(k, []).append(float(v))
+                table.setdefault(_label(r), {}).setdefault(k, []).append(float(v))
     outside, samples = _label_integrity_and_samples(fabrics)
     chart = ROOT / "docs" / "adaptation_chart.png"
     _chart(table, chart)
