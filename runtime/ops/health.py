@@ -13,8 +13,9 @@ from a thread (stdlib http.server) on `[health] host/port`:
 - `GET /metrics`       Prometheus text (or OpenMetrics when asked) from the state's own registry.
 
 Metrics come from the status dict: every numeric leaf (bools as 0/1) of the nested dict becomes
-`loomsight_<path joined by _>`; a leaf whose key ends in `_total` is a counter, everything else a
-gauge; string leaves become labels of `loomsight_status_info`; lists are skipped. So a status of
+`loomsight_<path joined by _>`; a leaf whose key ends in `_total`, or whose path is one of the
+daemon's known counts (`COUNTER_PATHS`: frames, strips, drops, errors, events published or sent,
+...), is a counter (exposed as `<name>_total`), everything else a gauge; string leaves become labels of `loomsight_status_info`; lists are skipped. So a status of
 `{"frames": {"dropped_total": 3, "queue_depth": 2}, "camera": {"state": "ok"}}` is exposed as
 `loomsight_frames_dropped_total 3`, `loomsight_frames_queue_depth 2` and
 `loomsight_status_info{camera_state="ok"} 1`. Process figures (RSS, open fds, CPU) come from
@@ -54,6 +55,42 @@ log = logging.getLogger(__name__)
 NAMESPACE = "loomsight"
 RESERVED = frozenset(
     {"loomsight_up", "loomsight_ready", "loomsight_status_age_seconds", "loomsight_status_updates"}
+)
+# Status leaves that only ever grow while the daemon runs (counts), though their keys lack `_total`.
+_PIPELINE_COUNTS = (
+    "frames",
+    "strips",
+    "strips_inspected",
+    "strips_dropped",
+    "lines_dropped",
+    "tiles",
+    "strip_errors",
+    "source_errors",
+    "non_finite_outputs",
+    "non_finite_tiles",
+)
+_SOURCE_COUNTS = (
+    "frames",
+    "incomplete",
+    "timeouts",
+    "bad_frames",
+    "frame_id_gaps",
+    "reconnects",
+    "outages",
+    "lost_lines",
+)
+_ASSEMBLER_COUNTS = ("frames", "strips", "skipped_frames", "gaps", "gap_lines", "duplicate_lines", "lines")
+_PUBLISHER_COUNTS = ("published", "dropped", "send_errors", "heartbeats", "session_resets")
+_SERVER_COUNTS = ("requests", "errors", "events_sent", "sessions_dropped", "rebinds")
+COUNTER_PATHS: frozenset[tuple[str, ...]] = frozenset(
+    [(k,) for k in _PIPELINE_COUNTS]
+    + [("source", k) for k in _SOURCE_COUNTS]
+    + [("assembler", k) for k in _ASSEMBLER_COUNTS]
+    + [("publisher", k) for k in _PUBLISHER_COUNTS]
+    + [("publisher", "replay", k) for k in _SERVER_COUNTS]
+    + [("publisher", "spool", k) for k in ("write_failures", "pruned_rows")]
+    + [("control", k) for k in _SERVER_COUNTS]
+    + [("http", k) for k in ("requests", "errors")]
 )
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_]")
 MAX_LABEL_CHARS = 200
@@ -220,7 +257,7 @@ class HealthState:
         used = set(RESERVED)
         for path, value in sorted(numbers.items()):
             parts = [metric_part(p) for p in path]
-            is_counter = parts[-1].endswith("_total") or parts[-1] == "total"
+            is_counter = parts[-1].endswith("_total") or parts[-1] == "total" or path in COUNTER_PATHS
             if is_counter:
                 parts[-1] = parts[-1].removesuffix("total").rstrip("_") or "count"
             name = "_".join([NAMESPACE, *parts])
