@@ -261,3 +261,66 @@ def test_the_daemons_counts_are_counters_and_its_levels_gauges() -> None:
         assert types[name] == "gauge", name
     got = samples(text)
     assert got["loomsight_publisher_published_total"] == 42.0 and got["loomsight_queues_frames"] == 3.0
+
+
+# ----------------------------------------------------------------------------- issue 17.1: supervised HTTP
+def test_an_error_escaping_the_http_serving_loop_is_counted_and_serving_goes_on() -> None:
+    state = HealthState(process_metrics=False)
+    server = HealthServer(state, "127.0.0.1", 0).start()
+    try:
+        inner = server._server
+        assert inner is not None
+        real = inner.service_actions
+        calls = {"n": 0}
+
+        def failing_once() -> None:
+            if calls["n"] == 0:
+                calls["n"] += 1
+                raise RuntimeError("injected fault")
+            real()
+
+        inner.service_actions = failing_once  # type: ignore[method-assign]
+        for _ in range(100):  # serve_forever calls it at least every poll_interval
+            if server.restarts_total:
+                break
+            fetch(server.url + "/healthz/live")
+        assert server.restarts_total == 1 and server.problem() is None
+        assert fetch(server.url + "/healthz/live")[0] == 200
+        assert server.status()["running"] is True and server.status()["requests"] >= 1
+    finally:
+        server.stop()
+
+
+def test_a_dead_http_thread_is_reported_and_started_again_by_ensure_running() -> None:
+    state = HealthState(process_metrics=False)
+    server = HealthServer(state, "127.0.0.1", 0).start()
+    try:
+        inner = server._server
+        assert inner is not None and server._thread is not None
+        thread = server._thread
+        inner.shutdown()  # the serving thread ends while the server should be serving
+        thread.join(5)
+        assert not thread.is_alive()
+        assert server.problem() is not None and "thread dead" in str(server.problem())
+        assert server.status()["running"] is False
+        assert server.ensure_running() is True
+        assert not server.ensure_running()  # only once
+        assert fetch(server.url + "/healthz/live")[0] == 200
+        assert server.problem() is None and server.status()["restarts_total"] == 1
+    finally:
+        server.stop()
+
+
+def test_a_failing_handler_is_counted_and_the_next_request_is_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = HealthState(process_metrics=False)
+    server = HealthServer(state, "127.0.0.1", 0).start()
+    try:
+        real = state.snapshot
+        monkeypatch.setattr(state, "snapshot", lambda: (_ for _ in ()).throw(RuntimeError("injected")))
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            fetch(server.url + "/healthz")
+        monkeypatch.setattr(state, "snapshot", real)
+        assert fetch(server.url + "/healthz")[0] == 200
+        assert server.status()["errors"] == 1 and server.problem() is None
+    finally:
+        server.stop()
