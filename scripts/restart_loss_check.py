@@ -45,6 +45,7 @@ import zmq
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_LINE = re.compile(r"restart: (\d+) of (\d+) subscription\(s\) back after ([0-9.]+) s")
 START_TIMEOUT_S = 120.0  # a daemon that publishes nothing in this time is a failure
+STOP_TIMEOUT_S = 60.0
 
 
 def free_endpoint() -> str:
@@ -76,7 +77,7 @@ bundle = {json.dumps(str(args.model))}
 [publish]
 pub_endpoint = "{pub}"
 replay_endpoint = "{replay}"
-restart_grace_s = {args.grace_s}
+{"" if args.grace_s is None else f"restart_grace_s = {args.grace_s}"}
 heartbeat_s = 0.5
 [spool]
 path = {json.dumps(str(spool))}
@@ -118,8 +119,11 @@ class PlainClient:
 def spool_last_seq(spool: Path) -> int:
     if not spool.exists():
         return 0
-    with closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True, timeout=10)) as db:
-        return int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+    try:
+        with closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True, timeout=10)) as db:
+            return int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+    except sqlite3.OperationalError:  # the daemon is creating it
+        return 0
 
 
 def spool_events(spool: Path) -> dict[int, str]:
@@ -136,7 +140,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--restarts", type=int, default=20, help="kill -9 restarts (runs = restarts + 1)")
     ap.add_argument("--run-s", type=float, default=3.0, help="seconds each run publishes before the kill")
-    ap.add_argument("--grace-s", type=float, default=1.0, help="publish.restart_grace_s (the bound)")
+    ap.add_argument(
+        "--grace-s",
+        type=float,
+        default=None,
+        help="publish.restart_grace_s, the bound (default: the daemon's, 1 s)",
+    )
     ap.add_argument("--speed-m-min", type=float, default=30.0)
     ap.add_argument("--defects-per-m", type=float, default=8.0)
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "default")
@@ -149,7 +158,8 @@ def main() -> int:
     clients = [PlainClient(ctx, pub, f"sub{i + 1}") for i in range(2)]
     for c in clients:
         c.thread.start()
-    print(f"== {args.restarts} kill -9 restarts, grace <= {args.grace_s} s, runs of {args.run_s} s; {config}")
+    grace = "the default" if args.grace_s is None else f"{args.grace_s} s"
+    print(f"== {args.restarts} kill -9 restarts, restart_grace_s {grace}, runs of {args.run_s} s; {config}")
     runs: list[dict[str, Any]] = []
     t_all = time.monotonic()
     try:
@@ -176,7 +186,12 @@ def main() -> int:
                     return 1
             last = r == args.restarts
             daemon.send_signal(signal.SIGTERM if last else signal.SIGKILL)
-            daemon.wait(30)
+            try:
+                daemon.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                print(f"!! run {r}: no exit {STOP_TIMEOUT_S:.0f} s after SIGTERM; killed; see {log_path}")
+                daemon.kill()
+                daemon.wait()
             ended = time.monotonic()
             runs.append({"run": r, "started": started, "ended": ended, "first_seq": before + 1})
             runs[-1]["last_seq"] = spool_last_seq(spool)
