@@ -9,7 +9,8 @@ process, on the synthetic loom with the bundled model):
     .venv/bin/python scripts/restart_loss_check.py             # 20 kill -9 restarts
     .venv/bin/python scripts/restart_loss_check.py --restarts 3 --run-s 2   # a quick look
 
-Each daemon run lasts until it has published for `--run-s` seconds, then gets SIGKILL; the next one
+Each daemon run lasts until it has inspected (published past the interrupted roll's end, which goes
+out before the model loads) for `--run-s` seconds, then gets SIGKILL; the next one
 starts on the same spool (so every restart closes an interrupted roll: its first event is that
 roll's `end`, the one issue 17.3 found lost to plain SUBs). The last run is stopped with SIGTERM.
 Then the spool (the durable record of every event the daemon published) is compared, run by run,
@@ -139,7 +140,7 @@ def run_daemon(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--restarts", type=int, default=20, help="kill -9 restarts (runs = restarts + 1)")
-    ap.add_argument("--run-s", type=float, default=3.0, help="seconds each run publishes before the kill")
+    ap.add_argument("--run-s", type=float, default=3.0, help="seconds each run inspects before the kill")
     ap.add_argument(
         "--grace-s",
         type=float,
@@ -176,7 +177,8 @@ def main() -> int:
                     print(f"!! run {r}: the daemon exited with {daemon.returncode}; see {log_path}")
                     return 1
                 now = time.monotonic()
-                if first_at is None and spool_last_seq(spool) > before:
+                # inspecting: past the interrupted roll's end (published before the model loads)
+                if first_at is None and spool_last_seq(spool) > before + (1 if r else 0):
                     first_at = now
                 if first_at is not None and now - first_at >= args.run_s:
                     break
