@@ -262,8 +262,9 @@ class PublishConfig(StrictModel):
         1.0,
         ge=0,
         le=60,
-        description="after a restart (a spool that holds events), seconds between binding and the first "
-        "event, so plain SUB clients reconnect in time to hear it (heartbeats go out meanwhile); 0 = none",
+        description="after a restart (a spool that holds events), the longest wait between binding and the "
+        "first event for the subscriptions active before the restart (at least one) to come back, so plain "
+        "SUB clients hear it; it ends as soon as they are back (heartbeats go out meanwhile); 0 = no wait",
     )
     jpeg_crops: bool = True
     crop_max_px: int = Field(256, ge=16)

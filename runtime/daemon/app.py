@@ -100,6 +100,7 @@ class Daemon:
         roll_id: str | None = None,
         notifier: Any | None = None,
         health: Any | None = None,
+        http: Any | None = None,
         on_status: Callable[[dict[str, Any]], None] | None = None,
         status_interval_s: float = 1.0,
     ) -> None:
@@ -110,6 +111,7 @@ class Daemon:
         self.roll_id = roll_id or new_roll_id(config.line_id)
         self.notifier = notifier
         self.health = health
+        self.http = http  # runtime.ops.health.HealthServer serving `health`, supervised by the status loop
         self.on_status = on_status
         self.status_interval_s = status_interval_s
         self.pipeline: Pipeline | None = None
@@ -332,6 +334,8 @@ class Daemon:
         if problems is not None:
             self.health.add_check("publisher", lambda: "; ".join(problems()) or None)
         self.health.add_check("control", lambda: None if self.control is None else self.control.problem())
+        if self.http is not None:
+            self.health.add_check("http", self.http.problem)
 
     def _stop_control(self) -> None:
         control, self.control = self.control, None
@@ -365,6 +369,8 @@ class Daemon:
         out["model"] = {"loaded": self._detector is not None, "error": self._model_error}
         if self.control is not None:
             out["control"] = self.control.status()
+        if self.http is not None:
+            out["http"] = self.http.status()
         return out
 
     def run(self, on_result: Callable[[StripResult], None] | None = None) -> dict[str, Any]:
@@ -430,6 +436,8 @@ class Daemon:
                 control = self.control
                 if control is not None:
                     control.ensure_running()
+                if self.http is not None:
+                    self.http.ensure_running()
                 self._status_tick()
             except Exception:  # reporting status must never take inspection down
                 log.exception("status update failed; continuing")

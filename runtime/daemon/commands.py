@@ -83,18 +83,19 @@ def _run(args: argparse.Namespace) -> int:
         from runtime.sources.synthetic import SyntheticSource
 
         source = SyntheticSource(config.source.synthetic)
-    health = None
+    health = http = None
     if config.health.enabled:
         from runtime.ops.health import HealthServer, HealthState
 
         health = HealthState(line_id=config.line_id, stale_after_s=10.0)
-        HealthServer.from_config(config.health, health).start()
+        http = HealthServer.from_config(config.health, health).start()
     live = None if (not args.demo or args.quiet) else LiveSummary(sys.stderr)
     daemon = Daemon(
         config,
         source=source,
         notifier=Notifier.from_env(),
         health=health,
+        http=http,
         on_status=live.update if live else None,
     )
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())

@@ -25,6 +25,11 @@ CURVE (`security.curve`): the PUB and replay sockets become CURVE servers behind
 (`security.py`); `self.curve` is that `CurveServer`, so the daemon's control socket can
 `apply()` the same keys and `add_revocation_listener()` to be reset on revocation too.
 
+The PUB socket is an XPUB (the same to a subscriber) so the publisher hears subscriptions
+(`subscriptions.py`): a new subscription gets a heartbeat at once (the current roll state without
+waiting `heartbeat_s`), the number of active subscriptions is kept in the spool, and after a
+restart the first event waits, at most `publish.restart_grace_s`, until that many are back.
+
 PUB's SNDHWM is `publish.sndhwm` (default 20,000 messages, over 10 s at 1,000 events/s) and
 `close()` lingers at most `min(publish.linger_ms, timeout_s)`, so stopping never hangs on absent
 subscribers.
@@ -61,6 +66,12 @@ from runtime.events.schema import (
 from runtime.events.security import CurveServer
 from runtime.events.sockets import bind, rebind, set_keepalive
 from runtime.events.spool import EventSpool
+from runtime.events.subscriptions import (
+    RestartWait,
+    SubscriptionTracker,
+    configure_xpub,
+    wait_for_subscribers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +129,8 @@ class EventPublisher:
         self._own_context = context is None
         self._lock = threading.RLock()
         self._pub: zmq.Socket[Any] | None = None
+        self._subs: SubscriptionTracker | None = None
+        self.restart_wait: RestartWait | None = None  # what the wait after a restart found
         self._replay: ReplayServer | None = None
         self.curve: CurveServer | None = None
         self.pub_endpoint = ""
@@ -157,6 +170,8 @@ class EventPublisher:
         if last is not None:
             self._roll_id = str(last.get("roll_id", ""))
         restarting = self.spool.last_seq > 0
+        text = self.spool.get_meta("subscriptions")  # before our own count replaces it
+        subscribed_before = int(text) if text is not None and text.isdigit() else 0
         roll = self.spool.last_value("roll")
         if roll is not None:
             self._note_roll(roll[0], str(roll[1].get("roll_id", "")), roll[1])
@@ -173,8 +188,10 @@ class EventPublisher:
                 strict_modes=self.security.strict_modes,
             )
             self.curve.start(ctx)
-        pub = ctx.socket(zmq.PUB)
+        pub = ctx.socket(zmq.XPUB)  # a PUB to subscribers; we hear their subscriptions (subscriptions.py)
         self._pub = pub
+        configure_xpub(pub)
+        self._subs = SubscriptionTracker(pub, remember=self._remember_subscriptions)
         pub.setsockopt(zmq.SNDHWM, self.config.sndhwm)
         pub.setsockopt(zmq.LINGER, self.config.linger_ms)
         set_keepalive(pub)
@@ -210,12 +227,40 @@ class EventPublisher:
         )
         grace = self.config.restart_grace_s
         if restarting and grace > 0:
-            # PUB drops what it sends before a subscriber has (re)connected: after a restart, give
-            # the plain SUB clients that were connected before it time to come back, so the
-            # restart's first events (the interrupted roll's end) reach them. Heartbeats, which
-            # carry the current roll state, go out meanwhile.
-            log.info("restart: waiting %.1f s for subscribers to reconnect before the first event", grace)
-            time.sleep(grace)
+            self._wait_after_restart(grace, subscribed_before)
+
+    def _wait_after_restart(self, grace: float, expected: int) -> None:
+        """PUB drops what it sends before a subscriber is back: after a restart, wait (at most
+        `grace`) until the subscriptions active before it are back, so the restart's first events
+        (the interrupted roll's end) reach plain SUB clients. Heartbeats, which carry the current
+        roll state, go out meanwhile."""
+        log.info(
+            "restart: waiting up to %.1f s for %d subscription(s) to come back before the first event",
+            grace,
+            max(1, expected),
+        )
+        wait = self.restart_wait = wait_for_subscribers(
+            self._poll_subscriptions, expected=expected, limit_s=grace
+        )
+        log.log(
+            logging.INFO if wait.complete else logging.WARNING,
+            "restart: %d of %d subscription(s) back after %.3f s%s",
+            wait.heard,
+            wait.expected,
+            wait.waited_s,
+            "" if wait.complete else f" (limit {grace:g} s reached; late subscribers miss the first events)",
+        )
+
+    def _poll_subscriptions(self) -> int:
+        with self._lock:
+            if self._subs is None:
+                return 0
+            self._subs.drain()
+            return self._subs.active
+
+    def _remember_subscriptions(self, active: int) -> None:
+        if self.spool.is_open:
+            self.spool.set_meta("subscriptions", str(active))
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Stop threads, commit held events if the spool allows, close sockets with a bounded linger."""
@@ -248,6 +293,7 @@ class EventPublisher:
             if self._pub is not None:
                 self._pub.close(linger=linger_ms)
                 self._pub = None
+                self._subs = None
         if self.curve is not None:
             self.curve.stop()
         self.spool.close()
@@ -454,6 +500,8 @@ class EventPublisher:
             if self._stop.wait(max(0.0, wake - time.monotonic())):
                 return
             now = time.monotonic()
+            if self._guard(self._drain_subscriptions):
+                next_hb = now  # a new subscriber hears the roll state at once, not within heartbeat_s
             if now >= next_hb:
                 next_hb = max(next_hb + hb_s, now + hb_s / 2)
                 self._guard(self._tick_heartbeat)
@@ -469,6 +517,10 @@ class EventPublisher:
                 next_prune = now + PRUNE_INTERVAL_S
                 self._guard(self.spool.prune)
 
+    def _drain_subscriptions(self) -> bool:
+        with self._lock:
+            return self._subs is not None and self._pub is not None and self._subs.drain() > 0
+
     def _tick_heartbeat(self) -> None:
         self.spool.check_disk()
         with self._lock:
@@ -479,11 +531,12 @@ class EventPublisher:
             self._send_heartbeat()
 
     @staticmethod
-    def _guard(task: Any) -> None:
+    def _guard(task: Any) -> Any:
         try:
-            task()
+            return task()
         except Exception:
             log.exception("event maintenance task %s failed", getattr(task, "__name__", task))
+            return None
 
     # ------------------------------------------------------------------ status
     def server_problems(self) -> list[str]:
@@ -523,6 +576,8 @@ class EventPublisher:
                 "commit_ms": _percentiles_ms(commit),
                 "spool": spool_stats,
                 "session_resets": self._session_resets,
+                "subscriptions": None if self._subs is None else self._subs.stats(),
+                "restart_wait": None if self.restart_wait is None else self.restart_wait.as_dict(),
             }
         alarm = spool_stats.get("alarm")
         out["alarm"] = alarm or ("events_held" if held else None)

@@ -179,6 +179,7 @@ def load_client_curve(server_key_file: Path | str, client_key_file: Path | str) 
 
 
 _warned_modes: set[tuple[str, int, int]] = set()
+ALLOW_LIST_KEY = "security.authorized_keys_dir"
 
 
 def mode_problem(path: Path, what: str) -> str | None:
@@ -204,9 +205,34 @@ def mode_problem(path: Path, what: str) -> str | None:
     return None
 
 
+def parent_problem(folder: Path) -> str | None:
+    """Like OpenSSH's StrictModes for the path above the allow-list: a parent folder that another
+    local user owns, or may write to, lets them swap the whole folder. A sticky parent owned by us
+    or root (such as /tmp) is fine: nobody else may rename what is ours in it."""
+    euid = os.geteuid()
+    for parent in folder.resolve().parents:
+        try:
+            st = parent.stat()
+        except OSError as exc:
+            return f"security.authorized_keys_dir {folder}: cannot stat its parent {parent} ({exc.strerror})"
+        if st.st_uid not in (euid, 0):
+            return (
+                f"security.authorized_keys_dir {folder}: its parent {parent} is owned by uid {st.st_uid}, "
+                f"not by this daemon's user (uid {euid}) or root: that user could replace the folder; "
+                "move the keys under a folder owned by root or this user"
+            )
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            return (
+                f"security.authorized_keys_dir {folder}: its parent {parent} is writable by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}): another local user could replace the folder; "
+                f"run chmod go-w {parent}"
+            )
+    return None
+
+
 def _checked_mode(path: Path, what: str, strict: bool) -> str | None:
     """The mode problem when `strict` (the caller refuses), else None after a one-time warning."""
-    problem = mode_problem(path, what)
+    problem = mode_problem(path, what) or (parent_problem(path) if what == ALLOW_LIST_KEY else None)
     if problem is None or strict:
         return problem
     try:
@@ -224,13 +250,14 @@ def load_allow_list(folder: Path, *, strict_modes: bool = True) -> tuple[frozens
     """(keys, problems): every `*.key` file's public key, and a line per file that did not load.
 
     `strict_modes` (security.strict_modes, on by default): a folder that another local user could
-    write to (group/other-writable, or owned by someone other than us or root) is a ConfigError,
+    write to (group/other-writable, or owned by someone other than us or root), or whose parent
+    folders another user owns or may write to (sticky ones such as /tmp excepted), is a ConfigError,
     and such a key file is a problem (its key is not accepted); off, both are logged once as
     warnings and accepted.
     """
     if not folder.is_dir():
         raise ConfigError(f"security.authorized_keys_dir {folder}: not a directory")
-    problem = _checked_mode(folder, "security.authorized_keys_dir", strict_modes)
+    problem = _checked_mode(folder, ALLOW_LIST_KEY, strict_modes)
     if problem is not None:
         raise ConfigError(f"{problem} (or set security.strict_modes = false to accept it with a warning)")
     try:

@@ -550,6 +550,19 @@ class EventSpool:
             return None
         return (int(row[0]), body) if isinstance(body, dict) else None
 
+    def get_meta(self, key: str) -> str | None:
+        """A value of the `meta` table (e.g. the publisher's `subscriptions`), or None."""
+        with self._lock:
+            row = self._require().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set one `meta` value in its own short transaction (not for the spool's own keys)."""
+        if key in ("schema", "epoch", "pruned_through"):
+            raise ValueError(f"meta key {key!r} belongs to the spool itself")
+        with self._lock:
+            self._require().execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     def used_bytes(self) -> int:
         with self._lock:
             conn = self._require()

@@ -13,12 +13,18 @@ from a thread (stdlib http.server) on `[health] host/port`:
 - `GET /metrics`       Prometheus text (or OpenMetrics when asked) from the state's own registry.
 
 Metrics come from the status dict: every numeric leaf (bools as 0/1) of the nested dict becomes
-`loomsight_<path joined by _>`; a leaf whose key ends in `_total` is a counter, everything else a
-gauge; string leaves become labels of `loomsight_status_info`; lists are skipped. So a status of
+`loomsight_<path joined by _>`; a leaf whose key ends in `_total`, or whose path is one of the
+daemon's known counts (`COUNTER_PATHS`: frames, strips, drops, errors, events published or sent,
+...), is a counter (exposed as `<name>_total`), everything else a gauge; string leaves become labels of `loomsight_status_info`; lists are skipped. So a status of
 `{"frames": {"dropped_total": 3, "queue_depth": 2}, "camera": {"state": "ok"}}` is exposed as
 `loomsight_frames_dropped_total 3`, `loomsight_frames_queue_depth 2` and
 `loomsight_status_info{camera_state="ok"} 1`. Process figures (RSS, open fds, CPU) come from
 prometheus-client's process collector, for soak tests and dashboards.
+
+The server is supervised like the replay and control servers: an error escaping its serving loop
+is logged and the loop starts again (`restarts_total`), a handler's error is logged and counted
+(`errors`), and a thread that died is started again by `ensure_running()` (the daemon's status loop
+calls it); `problem()` says why it is down, for readiness and the status topic.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from prometheus_client.metrics_core import (
 from runtime import __version__
 from runtime.config import HealthConfig
 from runtime.errors import ConfigError
+from runtime.ops.counters import COUNTER_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +227,7 @@ class HealthState:
         used = set(RESERVED)
         for path, value in sorted(numbers.items()):
             parts = [metric_part(p) for p in path]
-            is_counter = parts[-1].endswith("_total") or parts[-1] == "total"
+            is_counter = parts[-1].endswith("_total") or parts[-1] == "total" or path in COUNTER_PATHS
             if is_counter:
                 parts[-1] = parts[-1].removesuffix("total").rstrip("_") or "count"
             name = "_".join([NAMESPACE, *parts])
@@ -288,9 +295,11 @@ def _handler_for(state: HealthState) -> type[BaseHTTPRequestHandler]:
         timeout = 5.0  # a client that stalls cannot hold a handler thread for long
 
         def do_GET(self) -> None:
+            _count(self.server, "requests")
             self._respond(with_body=True)
 
         def do_HEAD(self) -> None:
+            _count(self.server, "requests")
             self._respond(with_body=False)
 
         def _respond(self, *, with_body: bool) -> None:
@@ -334,9 +343,25 @@ def _handler_for(state: HealthState) -> type[BaseHTTPRequestHandler]:
     return HealthHandler
 
 
+def _count(server: Any, name: str) -> None:
+    if isinstance(server, _Server):
+        with server.counts_lock:
+            server.counts[name] += 1
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.counts_lock = threading.Lock()
+        self.counts = {"requests": 0, "errors": 0}
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A handler failed: log it (not a bare traceback on stderr) and count it; serving goes on."""
+        _count(self, "errors")
+        log.exception("health HTTP request from %s failed", client_address)
 
 
 class _Server6(_Server):
@@ -352,6 +377,8 @@ class HealthServer:
         self.requested_port = port
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.restarts_total = 0
 
     @classmethod
     def from_config(cls, config: HealthConfig, state: HealthState) -> HealthServer:
@@ -368,12 +395,60 @@ class HealthServer:
                 f"health.host/health.port = {self.host}:{self.requested_port}: cannot listen ({exc}); "
                 "choose a free port, or set health.enabled = false"
             ) from None
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="health-http", daemon=True
-        )
-        self._thread.start()
+        self._stopping.clear()
+        self._start_thread()
         log.info("health endpoints on %s (/healthz, /metrics)", self.url)
         return self
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name="health-http", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        """serve_forever, started again (counted) when an error escapes it, until stop()."""
+        while not self._stopping.is_set():
+            server = self._server
+            if server is None:
+                return
+            try:
+                server.serve_forever(poll_interval=0.2)
+                return  # shutdown() was called
+            except Exception:
+                self.restarts_total += 1
+                log.exception("health HTTP server on %s failed; serving again", self.url)
+                self._stopping.wait(0.1)
+
+    def ensure_running(self) -> bool:
+        """Start the serving thread again if it died (the daemon's status loop calls this)."""
+        if self._server is None or self._stopping.is_set():
+            return False
+        if self._thread is not None and self._thread.is_alive():
+            return False
+        self.restarts_total += 1
+        log.error("health HTTP server thread on %s had died; starting it again", self.url)
+        self._start_thread()
+        return True
+
+    def problem(self) -> str | None:
+        """Why the endpoints are not being served, or None."""
+        if self._server is None or self._stopping.is_set():
+            return None
+        if self._thread is None or not self._thread.is_alive():
+            return f"health HTTP server on {self.url} is down (thread dead)"
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """For the daemon's status (and so the metrics): running, restarts, requests, errors."""
+        server = self._server
+        counts = {"requests": 0, "errors": 0}
+        if server is not None:
+            with server.counts_lock:
+                counts = dict(server.counts)
+        return {
+            "running": server is not None and self.problem() is None,
+            "restarts_total": self.restarts_total,
+            **counts,
+        }
 
     @property
     def port(self) -> int:
@@ -389,7 +464,9 @@ class HealthServer:
     def stop(self, timeout_s: float = 5.0) -> None:
         if self._server is None:
             return
-        self._server.shutdown()
+        self._stopping.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout_s)

@@ -160,3 +160,34 @@ def test_the_daemon_is_unready_while_its_control_thread_is_dead_and_its_status_l
             assert json.loads(sock.recv())["id"] == 5
         finally:
             ctx.destroy(linger=0)
+
+
+def test_the_daemon_restarts_a_dead_http_thread_and_counts_it(tmp_path: Path) -> None:
+    # issue 17.1: the HTTP server is supervised like the replay and control servers
+    import urllib.request
+
+    from runtime.daemon.app import Daemon
+    from runtime.ops.health import HealthServer
+    from tests.conftest import free_tcp_port
+    from tests.integration.test_daemon_cli import _daemon_config, _Running, _until
+
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    health = HealthState(process_metrics=False)
+    http = HealthServer(health, "127.0.0.1", 0).start()
+    daemon = Daemon(
+        _daemon_config(tmp_path, endpoint), roll_id="R1", health=health, http=http, status_interval_s=0.2
+    )
+    try:
+        with _Running(daemon):
+            _until(lambda: health.ready, 30)
+            assert [name for name, _ in health._checks] == ["publisher", "control", "http"]
+            inner, thread = http._server, http._thread
+            assert inner is not None and thread is not None
+            inner.shutdown()  # the serving thread ends as if it had died
+            thread.join(5)
+            _until(lambda: http.status()["restarts_total"] == 1 and http.problem() is None, 10)
+            with urllib.request.urlopen(http.url + "/healthz/ready", timeout=5) as response:
+                assert response.status == 200
+            _until(lambda: daemon.status()["http"]["restarts_total"] == 1, 10)
+    finally:
+        http.stop()

@@ -289,3 +289,23 @@ def test_the_public_key_file_says_where_a_client_key_and_where_the_publishers_ke
     assert "A subscriber's key: copy it into the publisher's security.authorized_keys_dir" in text
     assert "The publisher's own key: give it to subscribers (loomsight subscribe --curve-server-key)" in text
     assert "to allow this client" not in text
+
+
+def test_a_parent_folder_others_can_write_is_refused_unless_it_is_sticky(tmp_path: Path) -> None:
+    # issue 17.4, the path above the allow-list: whoever may write the parent can swap the folder
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    allowed = _allowed_dir(parent)
+    parent.chmod(0o777)
+    try:
+        with pytest.raises(
+            ConfigError, match=rf"its parent {parent} is writable by group or others \(mode 0777\)"
+        ):
+            load_allow_list(allowed)
+        keys, _ = load_allow_list(allowed, strict_modes=False)  # warned, accepted
+        assert len(keys) == 1
+        parent.chmod(0o1777)  # sticky, like /tmp: nobody else may rename our folder in it
+        keys, problems = load_allow_list(allowed)
+        assert len(keys) == 1 and problems == []
+    finally:
+        parent.chmod(0o755)

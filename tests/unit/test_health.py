@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.config import HealthConfig
@@ -214,3 +214,113 @@ def test_a_failing_check_makes_ready_false_with_its_reason_and_a_raising_check_c
     state.add_check("control", broken)
     doc = state.snapshot()
     assert doc["ready"] is False and "control: check failed: RuntimeError: boom" in doc["reason"]
+
+
+def test_the_daemons_counts_are_counters_and_its_levels_gauges() -> None:
+    # issue 17.5: counts such as events published or camera timeouts were typed as gauges
+    state = HealthState(process_metrics=False)
+    state.update(
+        {
+            "frames": 120,
+            "strips_dropped": 2,
+            "queues": {"frames": 3},
+            "queue_peaks": {"frames": 4},
+            "source": {"timeouts": 1, "retries": 0},
+            "publisher": {
+                "published": 42,
+                "held": 0,
+                "spool": {"rows": 42, "pruned_rows": 5},
+                "replay": {"events_sent": 17, "restarts_total": 0, "active_sessions": 1},
+            },
+            "control": {"requests": 9},
+            "http": {"requests": 3},
+        }
+    )
+    text = generate_latest(state.registry).decode()
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    for name in (
+        "loomsight_frames",
+        "loomsight_strips_dropped",
+        "loomsight_source_timeouts",
+        "loomsight_publisher_published",
+        "loomsight_publisher_spool_pruned_rows",
+        "loomsight_publisher_replay_events_sent",
+        "loomsight_publisher_replay_restarts",
+        "loomsight_control_requests",
+        "loomsight_http_requests",
+    ):
+        assert types[name] == "counter", name
+    for name in (
+        "loomsight_queues_frames",
+        "loomsight_queue_peaks_frames",
+        "loomsight_source_retries",
+        "loomsight_publisher_held",
+        "loomsight_publisher_spool_rows",
+        "loomsight_publisher_replay_active_sessions",
+    ):
+        assert types[name] == "gauge", name
+    got = samples(text)
+    assert got["loomsight_publisher_published_total"] == 42.0 and got["loomsight_queues_frames"] == 3.0
+
+
+# ----------------------------------------------------------------------------- issue 17.1: supervised HTTP
+def test_an_error_escaping_the_http_serving_loop_is_counted_and_serving_goes_on() -> None:
+    state = HealthState(process_metrics=False)
+    server = HealthServer(state, "127.0.0.1", 0).start()
+    try:
+        inner = server._server
+        assert inner is not None
+        real = inner.service_actions
+        calls = {"n": 0}
+
+        def failing_once() -> None:
+            if calls["n"] == 0:
+                calls["n"] += 1
+                raise RuntimeError("injected fault")
+            real()
+
+        inner.service_actions = failing_once  # type: ignore[method-assign]
+        for _ in range(100):  # serve_forever calls it at least every poll_interval
+            if server.restarts_total:
+                break
+            fetch(server.url + "/healthz/live")
+        assert server.restarts_total == 1 and server.problem() is None
+        assert fetch(server.url + "/healthz/live")[0] == 200
+        assert server.status()["running"] is True and server.status()["requests"] >= 1
+    finally:
+        server.stop()
+
+
+def test_a_dead_http_thread_is_reported_and_started_again_by_ensure_running() -> None:
+    state = HealthState(process_metrics=False)
+    server = HealthServer(state, "127.0.0.1", 0).start()
+    try:
+        inner = server._server
+        assert inner is not None and server._thread is not None
+        thread = server._thread
+        inner.shutdown()  # the serving thread ends while the server should be serving
+        thread.join(5)
+        assert not thread.is_alive()
+        assert server.problem() is not None and "thread dead" in str(server.problem())
+        assert server.status()["running"] is False
+        assert server.ensure_running() is True
+        assert not server.ensure_running()  # only once
+        assert fetch(server.url + "/healthz/live")[0] == 200
+        assert server.problem() is None and server.status()["restarts_total"] == 1
+    finally:
+        server.stop()
+
+
+def test_a_failing_handler_is_counted_and_the_next_request_is_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = HealthState(process_metrics=False)
+    server = HealthServer(state, "127.0.0.1", 0).start()
+    try:
+        real = state.snapshot
+        monkeypatch.setattr(state, "snapshot", lambda: (_ for _ in ()).throw(RuntimeError("injected")))
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            fetch(server.url + "/healthz")
+        monkeypatch.setattr(state, "snapshot", real)
+        assert fetch(server.url + "/healthz")[0] == 200
+        assert server.status()["errors"] == 1 and server.problem() is None
+    finally:
+        server.stop()
