@@ -122,7 +122,7 @@ class UnknownDefectsConfig(StrictModel):
 
 class ModelConfig(StrictModel):
     bundle: Path = Path("models/default")
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    backend: str = Field("onnxruntime", description="a detector backend of runtime/detect/backends.py")
     providers: list[Provider] = Field(default_factory=lambda: list[Provider](["CPUExecutionProvider"]))
     batch_size: int = Field(4, ge=1, le=256)
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
@@ -134,6 +134,15 @@ class ModelConfig(StrictModel):
     )
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-class score overrides")
     unknown_defects: UnknownDefectsConfig = Field(default_factory=UnknownDefectsConfig)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        from runtime.detect.backends import BACKENDS
+
+        if name not in BACKENDS:
+            raise ValueError(f"{name!r} is not a detector backend; choose one of {', '.join(BACKENDS)}")
+        return name
 
     def output_classes(self, model_classes: list[str]) -> list[str]:
         """The classes events can carry: the model's, and "unknown" when the open set is on."""

@@ -32,6 +32,9 @@ class PrerenderedSource:
         self._frames = frames
         self._i = 0
 
+    live = False  # frames as fast as they are read: the pipeline waits for the inspector
+    advance_lines_per_frame = None
+
     def start(self) -> None:
         self._i = 0
 

@@ -288,10 +288,7 @@ class Daemon:
             strip_lines,
             overlap_lines,
         )
-        advance = cfg.source.genicam.advance_lines_per_frame if cfg.source.kind == "genicam" else None
-        live = cfg.source.kind == "genicam" or (
-            cfg.source.kind == "synthetic" and cfg.source.synthetic.realtime
-        )
+        advance, live = self._source.advance_lines_per_frame, self._source.live
         self.pipeline = Pipeline(
             source=self._source,
             assembler=WebAssembler(
@@ -301,7 +298,8 @@ class Daemon:
                 advance_lines_per_frame=advance,
             ),
             inspector=StripInspector(
-                detector,
+                detector.infer,
+                detector.manifest.tile,
                 pre,
                 batch_size=cfg.model.batch_size,
                 edge_mask_px=_edge_mask_px(cfg, detector.manifest, cfg.model.unknown_defects.enabled),

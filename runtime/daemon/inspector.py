@@ -6,11 +6,12 @@ This is the code path production uses; `loomsight eval` and `loomsight bench pip
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.detect.base import Detector
+from runtime.detect.manifest import TileSpec
 from runtime.detections import Detections
 from runtime.frame import Strip
 from runtime.preprocess import ModelView, Preprocessor
@@ -52,14 +53,15 @@ class StripInspector:
 
     def __init__(
         self,
-        detector: Detector,
+        infer: Callable[[np.ndarray], list[Detections]],
+        tile: TileSpec,
         preprocessor: Preprocessor,
         *,
         batch_size: int,
         edge_mask_px: np.ndarray | None = None,
     ) -> None:
-        spec = detector.manifest.tile
-        self.detector = detector
+        spec = tile
+        self.infer = infer  # uint8 tiles (N, H, W[, 3]) in, one Detections per tile (tile pixels) out
         self.preprocessor = preprocessor
         self.tiler = Tiler(spec.size_px, spec.overlap_px)
         self.batch_size = batch_size
@@ -81,9 +83,7 @@ class StripInspector:
         parts: list[Detections] = []
         for start in range(0, len(windows), self.batch_size):
             batch = tiles[start : start + self.batch_size]
-            for win, det in zip(
-                windows[start : start + self.batch_size], self.detector.infer(batch), strict=True
-            ):
+            for win, det in zip(windows[start : start + self.batch_size], self.infer(batch), strict=True):
                 if len(det):
                     parts.append(Detections(Tiler.to_image(det.xyxy, win), det.class_id, det.score))
         t2 = time.perf_counter()

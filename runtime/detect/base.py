@@ -1,14 +1,24 @@
-"""What every detector backend offers the pipeline, and the shared input preparation."""
+"""What every detector backend offers the pipeline, the base that backends share, and input preparation.
+
+A backend is a `BaseDetector` subclass that says how to run the model (`raw`: uint8 tiles in, the
+model's raw output out), which devices it runs on (`providers`) and how to let go of them
+(`close`); the base decodes the raw output through the manifest's output format
+(runtime/detect/outputs.py), applies the class thresholds and keeps the decode statistics. Backends
+are registered by name in runtime/detect/backends.py.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol
 
 import numpy as np
 
 from runtime.detect.decode import DecodeStats
 from runtime.detect.manifest import InputSpec, ModelManifest
+from runtime.detect.outputs import output_format
 from runtime.detections import Detections
+from runtime.errors import ModelError
 
 
 class Detector(Protocol):
@@ -25,6 +35,57 @@ class Detector(Protocol):
     def infer(self, tiles: np.ndarray) -> list[Detections]: ...
 
     def close(self) -> None: ...
+
+
+class BaseDetector(ABC):
+    """The part of every backend that is not about running the model: thresholds, decoding, warm-up."""
+
+    def __init__(
+        self, manifest: ModelManifest, *, thresholds: dict[str, float] | None = None,
+        unknown_threshold: float | None = None,
+    ) -> None:  # fmt: skip
+        self.manifest = manifest
+        self.decode_stats = DecodeStats()
+        self._thresholds = threshold_vector(manifest, thresholds or {})
+        self._format = output_format(manifest)
+        if unknown_threshold is not None and not self._format.open_set:
+            raise ModelError(
+                f"model.unknown_defects is on, but {manifest.name!r} has a {manifest.output.format!r} output, "
+                "which has no class-agnostic channel; use a dense (mask) bundle or switch unknown_defects off"
+            )
+        self._unknown = unknown_threshold
+
+    @property
+    @abstractmethod
+    def providers(self) -> list[str]:
+        """Where the model runs, as the backend reports it (e.g. ONNX Runtime's providers in use)."""
+
+    @abstractmethod
+    def raw(self, tiles: np.ndarray) -> np.ndarray:
+        """The model's raw output for a batch of uint8 tiles (N, H, W) or (N, H, W, 3)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the model and its device memory; idempotent."""
+
+    @property
+    def warmup_batch(self) -> int:
+        """The batch size warm-up runs use (a backend with a fixed batch says so)."""
+        return 1
+
+    def warmup(self, runs: int) -> None:
+        size = self.manifest.input.size_px
+        dummy = np.full((self.warmup_batch, size, size), 128, np.uint8)
+        for _ in range(runs):
+            self.infer(dummy)
+
+    def infer(self, tiles: np.ndarray) -> list[Detections]:
+        """One `Detections` per tile, in tile pixels, each class at its threshold."""
+        if len(tiles) == 0:
+            return []
+        return self._format.decode(
+            self.raw(tiles), self.manifest, self._thresholds, self.decode_stats, self._unknown
+        )
 
 
 def prepare_batch(tiles: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -41,41 +41,11 @@ def load_bundle(path: Path | str, *, verify: list[str] | None = None) -> ModelBu
 
 
 def open_detector(config: ModelConfig, *, bundle_path: Path | None = None) -> Detector:
-    """The detector for `config`: ONNX Runtime (any provider) or a TensorRT engine."""
-    path = bundle_path or config.bundle
-    if config.backend == "tensorrt":
-        bundle = load_bundle(path, verify=["model.engine"])
-        if config.unknown_defects.enabled:
-            raise ModelError("model.unknown_defects needs a dense bundle on the onnxruntime backend")
-        if bundle.manifest.output.format != "rtdetr":
-            raise ModelError(
-                f"model bundle {path} has a {bundle.manifest.output.format!r} output; the TensorRT engine "
-                'backend reads RT-DETR bundles only. Set model.backend = "onnx" (with the TensorRT or '
-                "CUDA execution provider in model.providers for a GPU)"
-            )
-        from runtime.detect.tensorrt_backend import TensorRTDetector
+    """The detector for `config`: the backend `model.backend` names (runtime/detect/backends.py)."""
+    from runtime.detect.backends import open_backend
 
-        return TensorRTDetector(bundle.engine_path, bundle.manifest, thresholds=dict(config.thresholds))
-    bundle = load_bundle(path)
-    from runtime.detect.onnx_backend import OnnxDetector
-
-    det = OnnxDetector(
-        bundle.onnx_path,
-        bundle.manifest,
-        providers=list(config.providers),
-        thresholds=dict(config.thresholds),
-        intra_op_threads=config.intra_op_threads,
-        intra_op_spinning=config.intra_op_spinning,
-        trt_cache_dir=bundle.path / "trt_cache",
-        unknown_threshold=config.unknown_defects.threshold if config.unknown_defects.enabled else None,
-    )
-    if det.static_batch is not None and det.static_batch != config.batch_size:
-        log.info(
-            "model has a static batch of %d; config batch_size %d is regrouped",
-            det.static_batch,
-            config.batch_size,
-        )
-    log.info("model %s (%s output) on %s", bundle.manifest.name, bundle.manifest.output.format, det.providers)
+    det = open_backend(config.backend, Path(bundle_path or config.bundle), config)
+    log.info("model %s (%s output) on %s", det.manifest.name, det.manifest.output.format, det.providers)
     return det
 
 

@@ -8,23 +8,48 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtime.detect.base import prepare_batch, threshold_vector
-from runtime.detect.decode import DecodeStats
+from runtime.detect.base import BaseDetector, prepare_batch
 from runtime.detect.manifest import ModelManifest
-from runtime.detect.outputs import output_format
-from runtime.detections import Detections
 from runtime.errors import ModelError
+
+if TYPE_CHECKING:
+    from runtime.config import ModelConfig
+    from runtime.detect.base import Detector
 
 log = logging.getLogger(__name__)
 
 _TRT_OPTIONS: dict[str, object] = {"trt_fp16_enable": True, "trt_engine_cache_enable": True}
 
 
-class OnnxDetector:
+def open_onnx(bundle_dir: Path, config: ModelConfig) -> Detector:
+    """The registered opener (runtime/detect/backends.py): the bundle's model.onnx on `config.providers`."""
+    from runtime.detect.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    det = OnnxDetector(
+        bundle.onnx_path,
+        bundle.manifest,
+        providers=list(config.providers),
+        thresholds=dict(config.thresholds),
+        intra_op_threads=config.intra_op_threads,
+        intra_op_spinning=config.intra_op_spinning,
+        trt_cache_dir=bundle.path / "trt_cache",
+        unknown_threshold=config.unknown_defects.threshold if config.unknown_defects.enabled else None,
+    )
+    if det.static_batch is not None and det.static_batch != config.batch_size:
+        log.info(
+            "model has a static batch of %d; config batch_size %d is regrouped",
+            det.static_batch,
+            config.batch_size,
+        )
+    return det
+
+
+class OnnxDetector(BaseDetector):
     def __init__(
         self,
         onnx_path: Path,
@@ -39,16 +64,7 @@ class OnnxDetector:
     ) -> None:
         import onnxruntime as ort
 
-        self.manifest = manifest
-        self.decode_stats = DecodeStats()
-        self._thresholds = threshold_vector(manifest, thresholds or {})
-        self._format = output_format(manifest)
-        if unknown_threshold is not None and not self._format.open_set:
-            raise ModelError(
-                f"model.unknown_defects is on, but {manifest.name!r} has a {manifest.output.format!r} output, "
-                "which has no class-agnostic channel; use a dense (mask) bundle or switch unknown_defects off"
-            )
-        self._unknown = unknown_threshold
+        super().__init__(manifest, thresholds=thresholds, unknown_threshold=unknown_threshold)
         requested = providers or ["CPUExecutionProvider"]
         available = set(ort.get_available_providers())
         chosen: list[Any] = []
@@ -116,12 +132,9 @@ class OnnxDetector:
     def static_batch(self) -> int | None:
         return self._static_batch
 
-    def warmup(self, runs: int) -> None:
-        size = self.manifest.input.size_px
-        batch = self._static_batch or 1
-        dummy = np.full((batch, size, size), 128, np.uint8)
-        for _ in range(runs):
-            self.infer(dummy)
+    @property
+    def warmup_batch(self) -> int:
+        return self._static_batch or 1
 
     def raw(self, tiles: np.ndarray) -> np.ndarray:
         """The model's raw output for a batch of uint8 tiles (padded to a static batch if needed)."""
@@ -134,13 +147,6 @@ class OnnxDetector:
             x = np.concatenate([x, np.zeros((b - n, *x.shape[1:]), x.dtype)])
         out = self._session.run([self._output_name], {self._input_name: x})[0]
         return np.asarray(out)[:n]
-
-    def infer(self, tiles: np.ndarray) -> list[Detections]:
-        if len(tiles) == 0:
-            return []
-        return self._format.decode(
-            self.raw(tiles), self.manifest, self._thresholds, self.decode_stats, self._unknown
-        )
 
     def close(self) -> None:
         self._session = None

@@ -20,15 +20,17 @@ from __future__ import annotations
 import ctypes
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtime.detect.base import prepare_batch, threshold_vector
-from runtime.detect.decode import DecodeStats, decode_rtdetr
+from runtime.detect.base import BaseDetector, prepare_batch
 from runtime.detect.manifest import ModelManifest, RtdetrOutput
-from runtime.detections import Detections
 from runtime.errors import ModelError
+
+if TYPE_CHECKING:
+    from runtime.config import ModelConfig
+    from runtime.detect.base import Detector
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,24 @@ class _Cuda:
         return values[0] if len(values) == 1 else tuple(values)
 
 
-class TensorRTDetector:
-    """Detector protocol (runtime/detect/base.py) on a TensorRT engine."""
+def open_tensorrt(bundle_dir: Path, config: ModelConfig) -> Detector:
+    """The registered opener (runtime/detect/backends.py): the bundle's model.engine, RT-DETR bundles only."""
+    from runtime.detect.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir, verify=["model.engine"])
+    if config.unknown_defects.enabled:
+        raise ModelError("model.unknown_defects needs a dense bundle on the onnxruntime backend")
+    if bundle.manifest.output.format != "rtdetr":
+        raise ModelError(
+            f"model bundle {bundle_dir} has a {bundle.manifest.output.format!r} output; the TensorRT engine "
+            'backend reads RT-DETR bundles only. Set model.backend = "onnxruntime" (with the TensorRT or '
+            "CUDA execution provider in model.providers for a GPU)"
+        )
+    return TensorRTDetector(bundle.engine_path, bundle.manifest, thresholds=dict(config.thresholds))
+
+
+class TensorRTDetector(BaseDetector):
+    """A `BaseDetector` (runtime/detect/base.py) on a TensorRT engine."""
 
     def __init__(
         self,
@@ -86,9 +104,7 @@ class TensorRTDetector:
             raise ModelError(
                 f"model.backend 'tensorrt' needs TensorRT, which is not installed: {_INSTALL_HINT}"
             ) from None
-        self.manifest = manifest
-        self.decode_stats = DecodeStats()
-        self._thresholds = threshold_vector(manifest, thresholds or {})
+        super().__init__(manifest, thresholds=thresholds)
         self._trt = trt
         self._cuda = _Cuda(_import_cudart())
         self._closed = False
@@ -202,7 +218,7 @@ class TensorRTDetector:
             self._out_dtype,
         )
 
-    # ---- Detector protocol ----------------------------------------------------------------------
+    # ---- BaseDetector ----------------------------------------------------------------------
 
     @property
     def providers(self) -> list[str]:
@@ -212,11 +228,9 @@ class TensorRTDetector:
     def max_batch(self) -> int:
         return self._max_batch
 
-    def warmup(self, runs: int) -> None:
-        s = self.manifest.input.size_px
-        dummy = np.full((self._max_batch, s, s), 128, np.uint8)
-        for _ in range(runs):
-            self.raw(dummy)
+    @property
+    def warmup_batch(self) -> int:
+        return self._max_batch
 
     def raw(self, tiles: np.ndarray) -> np.ndarray:
         """Raw (N, queries, 4 + classes) output for N uint8 tiles, in chunks of the engine's largest batch."""
@@ -255,16 +269,6 @@ class TensorRTDetector:
         call("cudaStreamSynchronize", rt.cudaStreamSynchronize(self._stream))
         out = self._host_out[:out_count].reshape(out_shape).astype(np.float32)  # a copy: buffers are reused
         return out[:n]
-
-    def infer(self, tiles: np.ndarray) -> list[Detections]:
-        if len(tiles) == 0:
-            return []
-        return decode_rtdetr(
-            self.raw(tiles),
-            input_size_px=self.manifest.input.size_px,
-            thresholds=self._thresholds,
-            stats=self.decode_stats,
-        )
 
     def close(self) -> None:
         if self._closed:

@@ -67,6 +67,9 @@ class ImageSource:
         self.pixels, self.name, self.block = pixels, name, block_lines
         self.y = self.seq = 0
 
+    live = False  # frames as fast as they are read: the pipeline waits for the inspector
+    advance_lines_per_frame = None
+
     def start(self) -> None:
         pass
 

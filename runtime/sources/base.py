@@ -68,7 +68,22 @@ class SourceStatus:
 
 @runtime_checkable
 class FrameSource(Protocol):
-    """Anything that yields `Frame`s: a GenICam camera, the synthetic loom, a replayed web."""
+    """Anything that yields `Frame`s: a GenICam camera, the synthetic loom, a replayed web.
+
+    Besides its methods a source says two things the daemon needs (so the daemon never asks the
+    config what kind of source it runs): `live`, True when frames come at the line's own pace and
+    do not wait for the inspector (the pipeline then drops and counts a strip rather than fall
+    behind the web), and `advance_lines_per_frame`, how far each frame moves along the web when
+    frames overlap (None: frames are contiguous).
+    """
+
+    @property
+    def live(self) -> bool:
+        """True for a camera or a paced simulation: strips are dropped (and counted) when full."""
+
+    @property
+    def advance_lines_per_frame(self) -> int | None:
+        """Lines the web moves per frame when frames overlap (area-scan); None: contiguous frames."""
 
     def start(self) -> None:
         """Open the device and begin acquisition; raises CameraError for problems to fix."""

@@ -74,6 +74,14 @@ class FaultInjectingSource:
     def finished(self) -> bool:
         return self.inner.finished
 
+    @property
+    def live(self) -> bool:
+        return self.inner.live
+
+    @property
+    def advance_lines_per_frame(self) -> int | None:
+        return self.inner.advance_lines_per_frame
+
     def start(self) -> None:
         self._stop_event.clear()
         self.inner.start()

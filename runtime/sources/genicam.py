@@ -94,6 +94,14 @@ class GenicamSource:
 
     # ----------------------------------------------------------------------------- protocol
     @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def advance_lines_per_frame(self) -> int | None:
+        return self.config.advance_lines_per_frame
+
+    @property
     def finished(self) -> bool:
         return False  # a camera never runs out
 

@@ -88,6 +88,14 @@ class ReplaySource:
         return list(self._files)
 
     @property
+    def live(self) -> bool:
+        return False
+
+    @property
+    def advance_lines_per_frame(self) -> int | None:
+        return None
+
+    @property
     def finished(self) -> bool:
         return self._state == "finished"
 

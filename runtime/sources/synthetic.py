@@ -70,6 +70,14 @@ class SyntheticSource:
         return self._loom
 
     @property
+    def live(self) -> bool:
+        return self.config.realtime
+
+    @property
+    def advance_lines_per_frame(self) -> int | None:
+        return None
+
+    @property
     def finished(self) -> bool:
         return self._state == "finished"
 

@@ -46,6 +46,9 @@ class LabelSource:
         self.seq = 0
         self.ids_to_code: dict[int, int] = {}
 
+    live = False  # frames as fast as they are read: the pipeline waits for the inspector
+    advance_lines_per_frame = None
+
     def start(self) -> None:
         pass
 

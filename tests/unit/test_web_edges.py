@@ -133,7 +133,8 @@ def _inspect(edge_mask_mm: dict[str, float]) -> tuple[list[int], dict[int, int],
     pixels[:, 1000:1008] = 0  # mid-web
     cfg = parse_config({"web": {"edge_mask_mm": edge_mask_mm}})
     inspector = StripInspector(
-        _DarkColumnDetector(manifest),  # type: ignore[arg-type]
+        _DarkColumnDetector(manifest).infer,
+        manifest.tile,
         Preprocessor(camera_mm_per_px=0.1, camera_mm_per_line=0.1, model_mm_per_px=0.4),
         batch_size=4,
         edge_mask_px=_edge_mask_px(cfg, manifest),
@@ -223,7 +224,7 @@ def test_a_strip_prepared_in_the_acquisition_thread_gives_the_same_boxes() -> No
 
     def inspector() -> StripInspector:
         pre = Preprocessor(camera_mm_per_px=0.1, camera_mm_per_line=0.1, model_mm_per_px=0.4)
-        return StripInspector(_DarkColumnDetector(manifest), pre, batch_size=4)  # type: ignore[arg-type]
+        return StripInspector(_DarkColumnDetector(manifest).infer, manifest.tile, pre, batch_size=4)
 
     direct = inspector().inspect(strip)
     ins = inspector()
