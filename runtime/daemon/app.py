@@ -436,7 +436,7 @@ class Daemon:
 
     def _status_tick(self) -> None:
         status = self.status()
-        keys = ("tiles_per_s", "frames_per_s", "queues", "strips_dropped", "inspected_m")
+        keys = ("tiles_per_s", "frames_per_s", "queues", "strips_dropped", "inspected_m", "stop_latency")
         self._publisher.set_heartbeat_fields({k: status.get(k) for k in keys})
         state = status.get("source", {}).get("state")
         if state != self._last_source_state and self._last_source_state is not None:

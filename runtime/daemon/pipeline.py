@@ -159,6 +159,7 @@ class Pipeline:
             "defects_by_class": dict(self.reporter.stats.defects),
             "edge_masked": dict(self.reporter.stats.edge_masked),
             "web_edges_mm": self.reporter.web_edges_mm(),
+            "stop_latency": self.reporter.stop_latency.summary(),
         }
 
     def run_reporting(self, on_result: Callable[[StripResult], None] | None = None) -> None:
