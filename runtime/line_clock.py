@@ -48,5 +48,4 @@ class LineClock:
         if i == 0:
             return ts
         prev_end, prev_ts = points[i - 1]
-        frac = (line + 1 - prev_end) / max(end - prev_end, 1)
-        return int(prev_ts + frac * (ts - prev_ts))
+        return prev_ts + (ts - prev_ts) * (line + 1 - prev_end) // max(end - prev_end, 1)  # exact in ints

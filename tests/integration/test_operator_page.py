@@ -29,7 +29,10 @@ CHROMIUM = os.environ.get("LOOMSIGHT_CHROMIUM") or shutil.which("chromium") or "
 
 
 def _config(tmp_path: Path) -> LoomsightConfig:
-    bundle = write_tiny_bundle(tmp_path / "bundle", classes=["hole", "stain"])
+    # a model that finds nothing: the defects on the page are the ones the test publishes
+    bundle = write_tiny_bundle(
+        tmp_path / "bundle", classes=["hole", "stain"], gain=0.0, class_bias=[-8.0, -8.0]
+    )
     return parse_config(
         {
             "line_id": "page",
@@ -120,7 +123,8 @@ def test_the_page_its_live_document_and_crops_are_served_read_only(live: _LiveDa
     code, _, body = live.get("/operator/live.json")
     doc = json.loads(body)
     assert code == 200 and doc["roll_id"] == "ROLL-PAGE" and doc["ready"] is True
-    assert doc["stats"]["camera_state"] == "running" and doc["alarms"] == []
+    assert doc["stats"]["camera_state"] == "running"
+    assert not {"model_not_ready", "camera_lost", "disk_full"} & {a["kind"] for a in doc["alarms"]}
     kinds = [(e["kind"], e.get("defect_id")) for e in doc["events"]]
     assert (
         kinds[0] == ("roll", None) and ("defect", "PAGE-TEST-1") in kinds and ("stop", "PAGE-TEST-1") in kinds
@@ -183,9 +187,13 @@ def test_chromium_shows_a_defect_published_during_the_test_and_takes_a_screensho
 ) -> None:
     seq = _publish_defect_and_stop(live)
     url = live.server.url + "/"
-    dom = _chromium("--dump-dom", url, profile=tmp_path / "profile-dom")
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    html = dom.stdout
+    html = ""
+    for attempt in range(3):  # a loaded CI machine may answer the page's first poll late: load it again
+        dom = _chromium("--dump-dom", url, profile=tmp_path / f"profile-dom{attempt}")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        html = dom.stdout
+        if "PAGE-TEST-1" in html:
+            break
     assert 'data-defect-id="PAGE-TEST-1"' in html  # the defect, rendered by the page's script
     assert f'src="/operator/crop/{seq}.jpg"' in html  # with its crop from the spool
     assert 'class="row stop"' in html and "STOP - hole found" in html  # the stop, highlighted
