@@ -5,7 +5,7 @@ Routes (GET and HEAD only; the server answers nothing else):
 - `/` and `/operator`: the page (`operator_page.html`, plain HTML and JavaScript, package data).
   Nothing on it loads from anywhere but this server (a Content-Security-Policy says so too).
 - `/operator/live.json?since=SEQ`: what the page polls every second: the daemon's state (ready or
-  why not, camera state, tiles/s, metres inspected, line speed measured from them, stop latency),
+  why not, camera state, tiles/s, metres inspected, line speed from the camera's lines, stop latency),
   the alarms (disk full, camera lost, model not ready, detector behind, status stale) and the
   roll's `roll`, `defect` and `stop` events after SEQ, read from the event spool (the durable
   record subscribers get; read-only connection). Without `since`, from the current roll's start.
@@ -24,8 +24,6 @@ import logging
 import math
 import sqlite3
 import threading
-import time
-from collections import deque
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -35,8 +33,6 @@ from urllib.parse import parse_qs
 log = logging.getLogger(__name__)
 
 MAX_EVENTS = 500  # events per poll; the page asks again at once while `more` is true
-SPEED_WINDOW_S = 20.0  # inspected metres move a strip at a time: measure over a long window
-SPEED_MIN_SPAN_S = 3.0
 STALE_AFTER_S = 5.0
 CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -73,7 +69,6 @@ class OperatorPage:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._html: bytes | None = None
-        self._speed: deque[tuple[float, float, str]] = deque(maxlen=64)
 
     # -- routing ----------------------------------------------------------------------------
     def respond(self, path: str, query: str, client_host: str) -> PageResponse | None:
@@ -116,7 +111,7 @@ class OperatorPage:
             "reason": doc.get("reason"),
             "status_age_s": doc.get("status_age_s"),
             "stats": {
-                "speed_m_min": self._line_speed(roll_id, inspected),
+                "speed_m_min": status.get("line_speed_m_min"),
                 "tiles_per_s": status.get("tiles_per_s"),
                 "inspected_m": inspected,
                 "camera_state": source.get("state"),
@@ -134,21 +129,6 @@ class OperatorPage:
             self._reset()
             out.update({"events": [], "next_since": since or 0, "more": False, "spool_error": str(exc)})
         return out
-
-    def _line_speed(self, roll_id: str, inspected_m: float | None) -> float | None:
-        """Metres per minute over the last `SPEED_WINDOW_S` of web inspected (None until known)."""
-        if inspected_m is None:
-            return None
-        now = time.monotonic()
-        with self._lock:
-            if self._speed and (self._speed[-1][2] != roll_id or inspected_m < self._speed[-1][1]):
-                self._speed.clear()  # a new roll starts at 0 m
-            if not self._speed or now - self._speed[-1][0] >= 0.5:
-                self._speed.append((now, inspected_m, roll_id))
-            while len(self._speed) > 2 and now - self._speed[1][0] >= SPEED_WINDOW_S:
-                self._speed.popleft()
-            (t0, m0, _), (t1, m1, _) = self._speed[0], self._speed[-1]
-        return round((m1 - m0) / (t1 - t0) * 60.0, 2) if t1 - t0 >= SPEED_MIN_SPAN_S else None
 
     def _events(self, since: int | None) -> dict[str, Any]:
         with self._lock:

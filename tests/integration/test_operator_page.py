@@ -124,6 +124,9 @@ def test_the_page_its_live_document_and_crops_are_served_read_only(live: _LiveDa
     doc = json.loads(body)
     assert code == 200 and doc["roll_id"] == "ROLL-PAGE" and doc["ready"] is True
     assert doc["stats"]["camera_state"] == "running"
+    _until(
+        lambda: (json.loads(live.get("/operator/live.json?since=0")[2])["stats"]["speed_m_min"] or 0) > 0, 30
+    )
     assert not {"model_not_ready", "camera_lost", "disk_full"} & {a["kind"] for a in doc["alarms"]}
     kinds = [(e["kind"], e.get("defect_id")) for e in doc["events"]]
     assert (
