@@ -208,3 +208,29 @@ def test_chromium_shows_a_defect_published_during_the_test_and_takes_a_screensho
     image = cv2.imread(str(shot))
     assert image is not None and image.shape[:2] == (900, 1400)
     assert image.std() > 10  # a rendered page, not a blank frame
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (apt install chromium)")
+def test_chromium_shows_the_alarms_of_a_daemon_that_cannot_inspect(tmp_path: Path) -> None:
+    state = HealthState(line_id="alarm", process_metrics=False)
+    state.set_ready(False, "model failed to load: sha256 mismatch")
+    state.update(
+        {
+            "roll_id": "R-ALARM",
+            "model": {"loaded": False, "error": "model failed to load: sha256 mismatch"},
+            "source": {"state": "lost", "last_error": "no complete frame for 5 s"},
+            "publisher": {"alarm": "disk_full"},
+        }
+    )
+    page = OperatorPage(state, tmp_path / "spool-not-yet.sqlite3")
+    with HealthServer(state, "127.0.0.1", 0, routes=page) as server:
+        dom = _chromium("--dump-dom", server.url + "/", profile=tmp_path / "profile")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    for kind, text in [
+        ("model_not_ready", "sha256 mismatch"),
+        ("camera_lost", "camera lost: no complete frame for 5 s"),
+        ("disk_full", "disk full"),
+    ]:
+        assert f'<div class="alarm {kind}">' in html and text in html
+    assert '<div id="state" class="bad">NOT INSPECTING</div>' in html
