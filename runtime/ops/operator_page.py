@@ -53,10 +53,13 @@ def _json(doc: dict[str, Any], code: int = 200) -> PageResponse:
 
 
 def is_local(client_host: str) -> bool:
+    """A client on this machine: 127.0.0.0/8, ::1, or 127.x seen through a dual-stack socket."""
     try:
-        return ipaddress.ip_address(client_host.split("%", maxsplit=1)[0]).is_loopback
+        ip = ipaddress.ip_address(client_host.split("%", maxsplit=1)[0])
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool((mapped or ip).is_loopback)
 
 
 class OperatorPage:

@@ -151,6 +151,8 @@ def test_the_page_answers_this_machine_only_unless_opened_to_the_network(tmp_pat
     assert refused is not None and refused.code == 403 and b"health.operator_page" in refused.body
     assert local.respond("/", "", "127.0.0.1").code == 200  # type: ignore[union-attr]
     assert local.respond("/", "", "::1").code == 200  # type: ignore[union-attr]
+    assert local.respond("/", "", "::ffff:127.0.0.1").code == 200  # type: ignore[union-attr]
+    assert local.respond("/", "", "::ffff:10.1.2.3").code == 403  # type: ignore[union-attr]
     assert local.respond("/metrics", "", "10.1.2.3") is None  # not the page's: the health server's
     opened = OperatorPage(state, tmp_path / "no-spool.sqlite3", allow_network=True)
     assert opened.respond("/", "", "10.1.2.3").code == 200  # type: ignore[union-attr]
