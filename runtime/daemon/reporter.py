@@ -13,7 +13,8 @@ outage, or strips the detector was too slow for), found from the strips' line ra
 Stop latency (runtime/daemon/stop_latency.py): each stop is timed from the acquisition of its
 evidence line (the strips' `line_times`, see runtime/line_clock.py) to the return of its PUB send;
 a `status` event follows each stop with the roll's `stop_latency` so far and the stop's own
-timing (`last_stop`), and the roll's end event carries `stop_latency` with every stop's timing.
+timing (`last_stop`) (and the daemon's `status_context`, the camera state, so that the last-value
+cache's `status` is whole whichever kind came last), and the roll's end event carries `stop_latency` with every stop's timing.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class DefectReporter:
         model_name: str,
         crops: CropOptions | None = None,
         roll_fields: dict[str, Any] | None = None,
+        status_context: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.classes = list(classes)
         self.geometry = geometry
@@ -110,6 +112,7 @@ class DefectReporter:
         self.model_name = model_name
         self.crops = crops or CropOptions()
         self.roll_fields = dict(roll_fields or {})
+        self.status_context = status_context  # fields every `status` event repeats (the camera's state)
         self._gaps_lines: list[tuple[int, int, str]] = []
         self._gap_count = 0
         self._covered_to: int | None = None  # one past the last roll line an inspected strip held
@@ -284,7 +287,10 @@ class DefectReporter:
                 sent_ns=sent_ns,
             )
         self.stop_latency.add(timing)
-        status: dict[str, Any] = {"stop_latency": self.stop_latency.summary()}
+        status: dict[str, Any] = {
+            **(self.status_context() if self.status_context is not None else {}),
+            "stop_latency": self.stop_latency.summary(),
+        }
         if timing is not None:
             status["last_stop"] = timing.to_dict()
             log.info("stop seq %d: %.0f ms from its last camera line to PUB", seq, timing.latency_ms)

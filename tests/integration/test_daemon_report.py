@@ -81,6 +81,7 @@ def test_every_stop_is_timed_in_status_events_the_roll_end_and_the_report(tmp_pa
     status = [b for b in bodies if "last_stop" in b]  # one status event after each stop
     assert [b["last_stop"] for b in status] == latency["per_stop"]
     assert status[-1]["stop_latency"]["p99_ms"] == latency["p99_ms"]
+    assert all("source_state" in b for b in status)  # the last-value cache's status stays whole
     report = json.loads((out / "ROLL-S.json").read_text())
     assert report["stop_latency"]["p99_ms"] == latency["p99_ms"]
     timed = {s["seq"]: s["latency_ms"] for s in report["stops"]}
