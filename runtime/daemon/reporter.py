@@ -287,13 +287,14 @@ class DefectReporter:
                 sent_ns=sent_ns,
             )
         self.stop_latency.add(timing)
+        if timing is None:  # no acquisition time (images through `loomsight inspect`): nothing to report
+            return
         status: dict[str, Any] = {
             **(self.status_context() if self.status_context is not None else {}),
             "stop_latency": self.stop_latency.summary(),
         }
-        if timing is not None:
-            status["last_stop"] = timing.to_dict()
-            log.info("stop seq %d: %.0f ms from its last camera line to PUB", seq, timing.latency_ms)
+        status["last_stop"] = timing.to_dict()
+        log.info("stop seq %d: %.0f ms from its last camera line to PUB", seq, timing.latency_ms)
         self.publisher.publish("status", status, roll_id=self.roll_id)
 
     def _capture_crops(self, result: StripResult, closed: Sequence[Defect]) -> None:

@@ -107,3 +107,27 @@ def test_a_stop_is_timed_from_its_last_camera_line_and_reported_in_status() -> N
     assert status["stop_latency"]["stops"] == 1 and status["stop_latency"]["p99_ms"] == last["latency_ms"]
     summary = rep.end_roll()
     assert summary["stop_latency"]["per_stop"] == [last]
+
+
+def test_a_stop_without_acquisition_times_is_counted_unmeasured_and_no_status_goes_out() -> None:
+    pub = CollectingPublisher()
+    rep = DefectReporter(
+        classes=["hole"],
+        geometry=WebGeometry(0.1, 0.1, 1000),
+        merger=Merger(gap_px=20, gap_lines=20),
+        grader=RollGrader(width_mm=100.0),
+        publisher=pub,
+        roll_id="r1",
+        model_name="m",
+        crops=CropOptions(enabled=False),
+    )
+    strip = Strip(np.full((1000, 1000), 180, np.uint8), 0, 0, 0, "r1", 0)  # images: no camera clock
+    rep.on_strip(
+        StripResult(
+            strip=strip, view=ModelView(strip.pixels, 0, 1.0, 1.0), xyxy=np.array([[100.0, 200.0, 150.0, 260.0]]),
+            class_id=np.array([0]), score=np.array([0.9]), tiles=1, infer_s=0.0, prep_s=0.0,
+        )
+    )  # fmt: skip
+    assert len(pub.of_kind("stop")) == 1 and pub.of_kind("status") == []
+    latency = rep.end_roll()["stop_latency"]
+    assert (latency["stops"], latency["unmeasured"], latency["p99_ms"]) == (0, 1, None)
