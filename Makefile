@@ -53,6 +53,7 @@ bench: $(VENV)/.runtime-installed
 	$(VENV)/bin/loomsight bench merge --json out/bench/merge.json
 	$(VENV)/bin/loomsight --log-level WARNING bench publish --json out/bench/publish.json
 	$(VENV)/bin/loomsight --log-level WARNING bench pipeline --json out/bench/pipeline.json
+	$(VENV)/bin/loomsight --log-level WARNING bench stop-latency --json out/bench/stop_latency.json
 
 # Replace the CPU onnxruntime wheel with the CUDA one (both provide the `onnxruntime` module).
 gpu: $(VENV)/.runtime-installed

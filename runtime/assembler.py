@@ -32,6 +32,7 @@ numbering stay gaps in the roll.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -94,6 +95,7 @@ class WebAssembler:
         self._buf_ts = 0
         self._tail: tuple[np.ndarray, int, int] | None = None  # (rows, roll line of first row, timestamp)
         self._gaps: list[tuple[int, int]] = []
+        self._frame_ends: deque[tuple[int, int]] = deque(maxlen=64)  # (roll line end, ts) per frame
         self._reset_roll()
 
     # ----------------------------------------------------------------------------- public API
@@ -145,6 +147,7 @@ class WebAssembler:
                     return out
         if self._buf_line0 is None:
             self._buf_line0 = roll_line
+        self._frame_ends.append((roll_line + take, frame.timestamp_ns))
         out.extend(self._append(pixels[:take], frame.timestamp_ns))
         self._expected = roll_line + take  # < roll_line + advance when a frame is shorter than the advance
         self._remember_tail(pixels, roll_line, advance, frame.timestamp_ns)
@@ -155,6 +158,7 @@ class WebAssembler:
         out: list[Strip] = []
         tail = self._tail
         if tail is not None and self._expected is not None and tail[1] == self._expected and len(tail[0]):
+            self._frame_ends.append((self._expected + len(tail[0]), tail[2]))
             out.extend(self._append(tail[0], tail[2]))
             self._expected += len(tail[0])
         self._tail = None
@@ -183,6 +187,7 @@ class WebAssembler:
         self._buf_ts = 0
         self._tail = None
         self._gaps = []
+        self._frame_ends.clear()
 
     def _accepts(self, frame: Frame) -> bool:
         pixels = frame.pixels
@@ -272,6 +277,7 @@ class WebAssembler:
             overlap_lines=self._buf_overlap,
             roll_id=self._roll_id,
             timestamp_ns=self._buf_ts,
+            line_times=self._line_times(self._buf_line0),
         )
         self._strip_seq += 1
         self.stats.strips += 1
@@ -284,6 +290,15 @@ class WebAssembler:
         self._buf_overlap = keep
         self._buf_line0 = strip.line_end - keep
         return strip
+
+    def _line_times(self, line0: int) -> tuple[tuple[int, int], ...]:
+        """The frame end points from the last one at or before `line0` on (see runtime/line_clock.py)."""
+        points = list(self._frame_ends)
+        first = 0
+        for i, (end, _) in enumerate(points):
+            if end <= line0:
+                first = i
+        return tuple(points[first:])
 
     def _remember_tail(self, pixels: np.ndarray, roll_line: int, advance: int, timestamp_ns: int) -> None:
         """Area-scan: keep the frame's rows past the advance (seen again by the next frame) for `flush`."""

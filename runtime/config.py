@@ -308,9 +308,17 @@ class SecurityConfig(StrictModel):
 
 
 class HealthConfig(StrictModel):
+    """The HTTP server: /healthz, /metrics and the operator's live page (runtime/ops/operator_page.py)."""
+
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
+    operator_page: Literal["off", "local", "network"] = Field(
+        "local",
+        description='the live page at "/": "local" answers it to this machine only (even where `host` opens '
+        '/metrics to the network), "network" to anyone who reaches `host` (set `host` to the plant-network '
+        'address or "0.0.0.0" too), "off" serves no page',
+    )
 
 
 class QueueConfig(StrictModel):

@@ -39,6 +39,9 @@ class Strip:
 
     Lines `[line0, line0 + height)` of the roll, at camera resolution. The first `overlap_lines`
     lines repeat the end of the previous strip so that a defect on a boundary is seen whole.
+    `timestamp_ns` is the arrival time of the last frame that went into it; `line_times` holds one
+    `(roll line one past the frame's last line, frame timestamp_ns)` point per frame it was built
+    from, the one before it included (see runtime/line_clock.py).
     """
 
     pixels: np.ndarray
@@ -47,6 +50,7 @@ class Strip:
     overlap_lines: int
     roll_id: str
     timestamp_ns: int
+    line_times: tuple[tuple[int, int], ...] = ()
 
     @property
     def height(self) -> int:

@@ -3,7 +3,8 @@
 
 Starts `loomsight subscribe` (the reference PLC-side client) first, then `loomsight run --demo`
 for a few metres. The daemon prints its live one-line summary; the subscriber prints every
-event it receives. At the end both summaries are shown. Ports are picked free unless given.
+event it receives; the operator's live page is served on a free loopback port (the URL is
+printed). At the end both summaries are shown. Ports are picked free unless given.
 """
 
 from __future__ import annotations
@@ -42,9 +43,22 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--pub", default="auto", help="PUB endpoint, or 'auto' for a free loopback port")
     ap.add_argument("--replay", default="auto")
+    ap.add_argument(
+        "--http-port",
+        default="auto",
+        help="operator page and /healthz on 127.0.0.1:PORT ('auto': a free port, 'off')",
+    )
     args = ap.parse_args()
     pub = free_endpoint() if args.pub == "auto" else args.pub
     replay = free_endpoint() if args.replay == "auto" else args.replay
+    http = (
+        []
+        if args.http_port == "off"
+        else [
+            "--http-port",
+            free_endpoint().rsplit(":", 1)[1] if args.http_port == "auto" else args.http_port,
+        ]
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     spool = ROOT / "out" / "demo" / "spool.sqlite3"
     spool.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +66,10 @@ def main() -> int:
         old.unlink()
 
     print(f"== Loomsight demo: {args.length_m} m of synthetic fabric at {args.speed_m_min} m/min")
-    print(f"== events on {pub} (replay {replay}); subscriber lines start with [sub]\n", flush=True)
+    print(f"== events on {pub} (replay {replay}); subscriber lines start with [sub]", flush=True)
+    if http:
+        print(f"== the operator's live page: http://127.0.0.1:{http[1]}/ (open it in a browser)", flush=True)
+    print(flush=True)
     sub = subprocess.Popen(
         [*LOOMSIGHT, "--log-level", "WARNING", "subscribe", "--connect", pub, "--replay", replay, "--timeout-s", "3600"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -64,7 +81,7 @@ def main() -> int:
         [
             *LOOMSIGHT, "--log-level", "WARNING", "run", "--demo", "--length-m", str(args.length_m), "--speed-m-min", str(args.speed_m_min),
             "--seed", str(args.seed), "--pub", pub, "--replay", replay, "--spool", str(spool),
-            "--truth-out", str(ROOT / "out" / "demo" / "truth.json"),
+            "--truth-out", str(ROOT / "out" / "demo" / "truth.json"), *http,
         ],
         cwd=ROOT, env=env,
     )  # fmt: skip

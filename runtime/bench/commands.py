@@ -1,6 +1,6 @@
 """`loomsight bench TOPIC`: the committed benchmarks whose figures the issue notes quote.
 
-Each topic is a module `runtime.bench.<topic>` with `add_arguments(parser)` and `main(args) -> int`;
+Each topic is a module `runtime.bench.<topic>` (a dash in the topic is an underscore in the module) with `add_arguments(parser)` and `main(args) -> int`;
 it prints a human summary and, with `--json FILE`, writes its figures as JSON.
 """
 
@@ -16,6 +16,7 @@ TOPICS = {
     "merge": "merging 1,000 and 10,000 boxes",
     "publish": "publish latency on loopback at a fixed event rate",
     "pipeline": "daemon path vs bare detector (efficiency ratio)",
+    "stop-latency": "last camera line of a stopping defect -> stop on PUB, on the demo line",
 }
 
 
@@ -27,7 +28,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
             "--json", dest="json_out", default=None, help="also write the figures to this JSON file"
         )
         try:
-            module = importlib.import_module(f"runtime.bench.{topic}")
+            module = importlib.import_module(f"runtime.bench.{topic.replace('-', '_')}")
         except ImportError as exc:
             p.description = f"unavailable: {exc}"
             continue
@@ -35,13 +36,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"runtime.bench.{args.topic}")
+    module = importlib.import_module(f"runtime.bench.{args.topic.replace('-', '_')}")
     return int(module.main(args))
 
 
 BENCH = Command(
     name="bench",
-    help="run a benchmark (sim, merge, publish, pipeline)",
+    help="run a benchmark (sim, merge, publish, pipeline, stop-latency)",
     add_arguments=_add_arguments,
     run=_run,
 )

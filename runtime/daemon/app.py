@@ -217,6 +217,7 @@ class Daemon:
             model_name=detector.manifest.name,
             crops=CropOptions(cfg.publish.jpeg_crops, cfg.publish.crop_max_px, cfg.publish.jpeg_quality),
             roll_fields=self._roll_fields(detector, geometry),
+            status_context=lambda: {"source_state": self._last_source_state},
         )
 
     def _roll_fields(self, detector: Detector, geometry: CameraGeometry) -> dict[str, Any]:
@@ -442,13 +443,16 @@ class Daemon:
 
     def _status_tick(self) -> None:
         status = self.status()
-        keys = ("tiles_per_s", "frames_per_s", "queues", "strips_dropped", "inspected_m")
+        keys = ("tiles_per_s", "frames_per_s", "queues", "strips_dropped", "inspected_m", "stop_latency")
         self._publisher.set_heartbeat_fields({k: status.get(k) for k in keys})
         state = status.get("source", {}).get("state")
         if state != self._last_source_state and self._last_source_state is not None:
-            self._publisher.publish(
-                "status", {"source_state": state, "source": status.get("source")}, roll_id=self.roll_id
-            )
+            fields = {
+                "source_state": state,
+                "source": status.get("source"),
+                "stop_latency": status.get("stop_latency"),
+            }
+            self._publisher.publish("status", fields, roll_id=self.roll_id)  # the LVC's status carries both
         self._last_source_state = state
         if self.health is not None:
             self.health.update(status)

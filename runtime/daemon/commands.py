@@ -36,6 +36,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     demo.add_argument("--truth-out", type=Path, default=None, help="write the simulator's ground truth here")
     demo.add_argument("--quiet", action="store_true", help="no live summary line")
+    demo.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="serve /healthz, /metrics and the operator's live page on 127.0.0.1:PORT (0: a free port)",
+    )
 
 
 def demo_config(args: argparse.Namespace) -> object:
@@ -62,6 +68,7 @@ def demo_config(args: argparse.Namespace) -> object:
             "model": {"bundle": str(args.model), "retry_load_s": None},
             "publish": {"pub_endpoint": args.pub, "replay_endpoint": args.replay},
             "spool": {"path": str(spool)},
+            "health": {"enabled": args.http_port is not None, "port": args.http_port or 0},
         },
         source="demo options",
     )
@@ -88,7 +95,16 @@ def _run(args: argparse.Namespace) -> int:
         from runtime.ops.health import HealthServer, HealthState
 
         health = HealthState(line_id=config.line_id, stale_after_s=10.0)
-        http = HealthServer.from_config(config.health, health).start()
+        page = None
+        if config.health.operator_page != "off":
+            from runtime.ops.operator_page import OperatorPage
+
+            page = OperatorPage(
+                health, config.spool.path, allow_network=config.health.operator_page == "network"
+            )
+        http = HealthServer.from_config(config.health, health, page).start()
+        if page is not None:
+            print(f"operator page: {http.url}/", file=sys.stderr, flush=True)
     live = None if (not args.demo or args.quiet) else LiveSummary(sys.stderr)
     daemon = Daemon(
         config,

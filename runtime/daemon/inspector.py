@@ -33,6 +33,7 @@ class StripResult:
     prep_s: float
     edges: WebEdges = field(default_factory=lambda: WebEdges(None, None))  # fabric edges, camera columns
     edge_masked: dict[int, int] = field(default_factory=dict)  # class id -> boxes dropped by the edge mask
+    inspected_ns: int = 0  # wall clock (time.time_ns) when inspection ended, for the stop latency
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class StripInspector:
             prep_s=prepared.prep_s,
             edges=edges.scaled(1.0 / view.scale_x),
             edge_masked=masked,
+            inspected_ns=time.time_ns(),
         )
 
 

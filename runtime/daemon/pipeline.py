@@ -74,6 +74,7 @@ class PipelineStats:
     started_monotonic: float = field(default_factory=time.monotonic)
     tile_rate: Rate = field(default_factory=Rate)
     frame_rate: Rate = field(default_factory=Rate)
+    line_rate: Rate = field(default_factory=Rate)  # new web lines per second from the camera
 
     def to_dict(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.started_monotonic, 1e-9)
@@ -156,9 +157,14 @@ class Pipeline:
             "assembler": self.assembler.stats.to_dict(),
             "open_defects": len(self.reporter.merger.open_defects),
             "inspected_m": round(self.reporter.inspected_mm / 1000.0, 3),
+            # the web's speed past the camera: new lines per second (smoothed) times mm per line
+            "line_speed_m_min": round(
+                self.stats.line_rate.value * self.reporter.geometry.mm_per_line * 0.06, 2
+            ),
             "defects_by_class": dict(self.reporter.stats.defects),
             "edge_masked": dict(self.reporter.stats.edge_masked),
             "web_edges_mm": self.reporter.web_edges_mm(),
+            "stop_latency": self.reporter.stop_latency.summary(),
         }
 
     def run_reporting(self, on_result: Callable[[StripResult], None] | None = None) -> None:
@@ -272,7 +278,10 @@ class Pipeline:
                     continue
                 self.stats.frames += 1
                 self.stats.frame_rate.add(1)
-                for strip in self.assembler.push(frame):
+                lines = self.assembler.stats.lines
+                strips = self.assembler.push(frame)
+                self.stats.line_rate.add(self.assembler.stats.lines - lines)
+                for strip in strips:
                     self._offer(strip)
             for strip in self.assembler.flush():
                 self._put(strip)  # the last strip is never dropped

@@ -9,11 +9,19 @@ carries the daemon's `roll_fields` (model, calibration, acceptance) and the came
 `stop` carries `inspected_m` (where the web was when it fired); the `roll` end event carries the
 fabric edges last tracked and `gaps_m`: the stretches of the roll no strip inspected (a camera
 outage, or strips the detector was too slow for), found from the strips' line ranges.
+
+Stop latency (runtime/daemon/stop_latency.py): each stop is timed from the acquisition of its
+evidence line (the strips' `line_times`, see runtime/line_clock.py) to the return of its PUB send;
+a `status` event follows each stop with the roll's `stop_latency` so far and the stop's own
+timing (`last_stop`) (and the daemon's `status_context`, the camera state, so that the last-value
+cache's `status` is whole whichever kind came last), and the roll's end event carries `stop_latency` with every stop's timing.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +31,9 @@ import cv2
 import numpy as np
 
 from runtime.daemon.inspector import StripResult
+from runtime.daemon.stop_latency import StopLatencyLog, stop_timing
 from runtime.grade import RollGrader, StopDecision
+from runtime.line_clock import LineClock
 from runtime.merge import Defect, Merger
 from runtime.web_edges import WebEdges
 
@@ -91,6 +101,7 @@ class DefectReporter:
         model_name: str,
         crops: CropOptions | None = None,
         roll_fields: dict[str, Any] | None = None,
+        status_context: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.classes = list(classes)
         self.geometry = geometry
@@ -101,6 +112,7 @@ class DefectReporter:
         self.model_name = model_name
         self.crops = crops or CropOptions()
         self.roll_fields = dict(roll_fields or {})
+        self.status_context = status_context  # fields every `status` event repeats (the camera's state)
         self._gaps_lines: list[tuple[int, int, str]] = []
         self._gap_count = 0
         self._covered_to: int | None = None  # one past the last roll line an inspected strip held
@@ -109,6 +121,9 @@ class DefectReporter:
         self._best: dict[int, _Best] = {}
         self._roll_line0: int | None = None
         self.edges = WebEdges(None, None)  # latest tracked fabric edges, camera columns
+        self.line_clock = LineClock()
+        self.stop_latency = StopLatencyLog()
+        self._current: StripResult | None = None  # the strip being reported (times its stops)
 
     # -- geometry -----------------------------------------------------------------------------
     @property
@@ -160,6 +175,8 @@ class DefectReporter:
             width_mm = round(g.x_mm(strip.width) - g.x_mm(0), 2)
             self.start_roll(strip.line0, **{"camera_width_mm": width_mm, **self.roll_fields})
         self._note_coverage(strip.line0, strip.line_end, strip.overlap_lines)
+        self.line_clock.add(strip.line_times)
+        self._current = result
         self.stats.strips += 1
         self.stats.last_line = max(self.stats.last_line, strip.line_end)
         self.edges = result.edges
@@ -201,6 +218,10 @@ class DefectReporter:
                 for a, b, why in self._gaps_lines
             ],
             "gaps": self._gap_count,
+            "stop_latency": {
+                **self.stop_latency.summary(),
+                "per_stop": [t.to_dict() for t in self.stop_latency.timings()],
+            },
             **fields,
         }
         self.publisher.publish("roll", summary, roll_id=self.roll_id)
@@ -241,7 +262,40 @@ class DefectReporter:
             fields["defect_id"] = fields["defect"]["defect_id"]
         self.stats.stops += 1
         log.warning("STOP %s: %s", stop.reason, stop.detail)
-        self.publisher.publish("stop", fields, roll_id=self.roll_id)
+        seq = self.publisher.publish("stop", fields, roll_id=self.roll_id)
+        self._time_stop(seq, stop.reason, d, time.time_ns())
+
+    def _time_stop(self, seq: int, reason: str, d: Defect | None, sent_ns: int) -> None:
+        """Measure the stop just sent and publish the roll's stop latency in a `status` event."""
+        result = self._current
+        if result is None:
+            return
+        strip = result.strip
+        line = strip.line_end - 1 if d is None else max(0, math.ceil(d.y1) - 1)
+        line_ns = self.line_clock.acquired_ns(line)
+        timing = None
+        if line_ns is not None and strip.timestamp_ns > 0 and result.inspected_ns > 0:
+            timing = stop_timing(
+                stop_seq=seq,
+                reason=reason,
+                evidence_line=line,
+                line_ns=line_ns,
+                strip_ns=strip.timestamp_ns,
+                prep_s=result.prep_s,
+                infer_s=result.infer_s,
+                inspected_ns=result.inspected_ns,
+                sent_ns=sent_ns,
+            )
+        self.stop_latency.add(timing)
+        if timing is None:  # no acquisition time (images through `loomsight inspect`): nothing to report
+            return
+        status: dict[str, Any] = {
+            **(self.status_context() if self.status_context is not None else {}),
+            "stop_latency": self.stop_latency.summary(),
+        }
+        status["last_stop"] = timing.to_dict()
+        log.info("stop seq %d: %.0f ms from its last camera line to PUB", seq, timing.latency_ms)
+        self.publisher.publish("status", status, roll_id=self.roll_id)
 
     def _capture_crops(self, result: StripResult, closed: Sequence[Defect]) -> None:
         """Keep a JPEG of each defect from the strip where it scored best so far."""

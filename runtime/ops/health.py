@@ -11,6 +11,10 @@ from a thread (stdlib http.server) on `[health] host/port`:
   503 while any of them reports a problem.
 - `GET /healthz`       200 with the whole document (live, ready, reason, uptime, last status).
 - `GET /metrics`       Prometheus text (or OpenMetrics when asked) from the state's own registry.
+- `GET /`, `/operator...` the operator's live page, when the server is given one
+  (`runtime/ops/operator_page.py`, `health.operator_page`).
+
+Only GET and HEAD are answered (anything else gets 501): nothing here changes the daemon.
 
 Metrics come from the status dict: every numeric leaf (bools as 0/1) of the nested dict becomes
 `loomsight_<path joined by _>`; a leaf whose key ends in `_total`, or whose path is one of the
@@ -36,10 +40,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -289,7 +293,13 @@ def _json_bytes(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(_jsonable(doc), allow_nan=False).encode()
 
 
-def _handler_for(state: HealthState) -> type[BaseHTTPRequestHandler]:
+class PageRoutes(Protocol):
+    """Extra read-only routes (the operator page): an answer, or None for a path that is not theirs."""
+
+    def respond(self, path: str, query: str, client_host: str) -> Any: ...
+
+
+def _handler_for(state: HealthState, routes: PageRoutes | None = None) -> type[BaseHTTPRequestHandler]:
     class HealthHandler(BaseHTTPRequestHandler):
         server_version = f"loomsight-health/{__version__}"
         timeout = 5.0  # a client that stalls cannot hold a handler thread for long
@@ -303,7 +313,13 @@ def _handler_for(state: HealthState) -> type[BaseHTTPRequestHandler]:
             self._respond(with_body=False)
 
         def _respond(self, *, with_body: bool) -> None:
-            path = urlsplit(self.path).path.rstrip("/") or "/"
+            parts = urlsplit(self.path)
+            path = parts.path.rstrip("/") or "/"
+            if routes is not None:
+                page = routes.respond(path, parts.query, str(self.client_address[0]))
+                if page is not None:
+                    self._send(page.code, page.body, page.content_type, with_body, page.headers)
+                    return
             if path == "/metrics":
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                 self._send(HTTPStatus.OK, encoder(state.registry), content_type, with_body)
@@ -320,7 +336,8 @@ def _handler_for(state: HealthState) -> type[BaseHTTPRequestHandler]:
                 HTTPStatus.NOT_FOUND,
                 {
                     "error": f"no such endpoint {path!r}",
-                    "endpoints": ["/healthz", "/healthz/live", "/healthz/ready", "/metrics"],
+                    "endpoints": ["/healthz", "/healthz/live", "/healthz/ready", "/metrics"]
+                    + (["/"] if routes is not None else []),
                 },
                 with_body,
             )
@@ -328,11 +345,22 @@ def _handler_for(state: HealthState) -> type[BaseHTTPRequestHandler]:
         def _send_json(self, code: HTTPStatus, doc: Mapping[str, Any], with_body: bool) -> None:
             self._send(code, _json_bytes(doc), "application/json", with_body)
 
-        def _send(self, code: HTTPStatus, body: bytes, content_type: str, with_body: bool) -> None:
+        def _send(
+            self,
+            code: int,
+            body: bytes,
+            content_type: str,
+            with_body: bool,
+            headers: Iterable[tuple[str, str]] = (),
+        ) -> None:
+            extra = dict(headers)
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
+            self.send_header("Cache-Control", extra.pop("Cache-Control", "no-store"))
+            self.send_header("X-Content-Type-Options", "nosniff")
+            for name, value in extra.items():
+                self.send_header(name, value)
             self.end_headers()
             if with_body:
                 self.wfile.write(body)
@@ -371,8 +399,11 @@ class _Server6(_Server):
 class HealthServer:
     """The HTTP endpoints in a background thread. `port=0` picks a free port (see `.port`)."""
 
-    def __init__(self, state: HealthState, host: str = "127.0.0.1", port: int = 9108) -> None:
+    def __init__(
+        self, state: HealthState, host: str = "127.0.0.1", port: int = 9108, routes: PageRoutes | None = None
+    ) -> None:
         self.state = state
+        self.routes = routes
         self.host = host
         self.requested_port = port
         self._server: _Server | None = None
@@ -381,15 +412,17 @@ class HealthServer:
         self.restarts_total = 0
 
     @classmethod
-    def from_config(cls, config: HealthConfig, state: HealthState) -> HealthServer:
-        return cls(state, config.host, config.port)
+    def from_config(
+        cls, config: HealthConfig, state: HealthState, routes: PageRoutes | None = None
+    ) -> HealthServer:
+        return cls(state, config.host, config.port, routes)
 
     def start(self) -> HealthServer:
         if self._server is not None:
             return self
         server_cls = _Server6 if ":" in self.host else _Server
         try:
-            self._server = server_cls((self.host, self.requested_port), _handler_for(self.state))
+            self._server = server_cls((self.host, self.requested_port), _handler_for(self.state, self.routes))
         except OSError as exc:
             raise ConfigError(
                 f"health.host/health.port = {self.host}:{self.requested_port}: cannot listen ({exc}); "
@@ -397,7 +430,11 @@ class HealthServer:
             ) from None
         self._stopping.clear()
         self._start_thread()
-        log.info("health endpoints on %s (/healthz, /metrics)", self.url)
+        log.info(
+            "health endpoints on %s (/healthz, /metrics%s)",
+            self.url,
+            ", operator page /" if self.routes else "",
+        )
         return self
 
     def _start_thread(self) -> None:

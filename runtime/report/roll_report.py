@@ -11,7 +11,10 @@ Where the numbers come from (all from the spool):
 - width: the end event's `width_mm` (the camera's width, which the grader uses), else the start
   event's `camera_width_mm`; fabric edges from the end event's `web_edges_mm`;
 - acceptance: `--accept-points-per-100-sq-yd`, else the start event's (the daemon's
-  `grading.accept_points_per_100_sq_yd`), else 40 (the usual first-quality limit).
+  `grading.accept_points_per_100_sq_yd`), else 40 (the usual first-quality limit);
+- stop latency: the end event's `stop_latency` (runtime/daemon/stop_latency.py): each stop's row
+  gets its `latency_ms` (acquisition of its last camera line to its PUB send), and `stop_latency`
+  the roll's p50/p99 and the median of each stage; null for a roll without an end event.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def build_report(roll: RollEvents, options: ReportOptions | None = None) -> dict
     length_m, lower_bound = _length_m(roll)
     width_mm = _num(end.get("width_mm")) or _num(start.get("camera_width_mm")) or 0.0
     accept, accept_from = _acceptance(start, options)
+    latency_by_seq = _latency_by_seq(end)
 
     grader = RollGrader(width_mm=width_mm)
     defects: list[dict[str, Any]] = []
@@ -117,7 +121,8 @@ def build_report(roll: RollEvents, options: ReportOptions | None = None) -> dict
         },
         "totals_by_class": {k: by_class[k] for k in sorted(by_class)},
         "defects": defects,
-        "stops": [_stop_row(s) for s in roll.stops],
+        "stops": [_stop_row(s, latency_by_seq) for s in roll.stops],
+        "stop_latency": _stop_latency(end),
         "gaps": _gaps(end),
         "notes": notes,
     }
@@ -175,7 +180,30 @@ def _defect_row(
     }
 
 
-def _stop_row(body: dict[str, Any]) -> dict[str, Any]:
+def _latency_by_seq(end: dict[str, Any]) -> dict[int, float]:
+    block = end.get("stop_latency")
+    rows = block.get("per_stop") if isinstance(block, dict) else None
+    out: dict[int, float] = {}
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict) and isinstance(row.get("stop_seq"), int):
+            value = _num(row.get("latency_ms"))
+            if value is not None:
+                out[int(row["stop_seq"])] = value
+    return out
+
+
+def _stop_latency(end: dict[str, Any]) -> dict[str, Any] | None:
+    block = end.get("stop_latency")
+    if not isinstance(block, dict):
+        return None
+    keys = ("stops", "unmeasured", "p50_ms", "p99_ms", "min_ms", "max_ms", "stages_p50_ms")
+    return {
+        "measured": "acquisition of the stop's last camera line -> its PUB send",
+        **{k: block.get(k) for k in keys},
+    }
+
+
+def _stop_row(body: dict[str, Any], latency_by_seq: dict[int, float]) -> dict[str, Any]:
     defect = body.get("defect") if isinstance(body.get("defect"), dict) else {}
     at_m = _num(body.get("inspected_m"))
     y_mm = _num(defect.get("y_mm")) if defect else None
@@ -187,6 +215,7 @@ def _stop_row(body: dict[str, Any]) -> dict[str, Any]:
         "defect_id": body.get("defect_id"),
         "defect_y_m": None if y_mm is None else round(y_mm / 1000.0, 3),
         "inspected_m": at_m,
+        "latency_ms": latency_by_seq.get(body["seq"]) if isinstance(body.get("seq"), int) else None,
     }
 
 
