@@ -80,7 +80,7 @@ def teach_masks(run: Path, out: Path, steps: int = 100) -> Path:
     patches (BCE + L1), written to `out` in the same format: a few GAN steps do not yet make masks
     above 0.5, and the contract tests need a generator that draws defects."""
     from offline_train.synth.gan.checkpoint import models_from_checkpoint, save_checkpoint
-    from offline_train.synth.gan.train import to_tensor, unit
+    from offline_train.synth.gan.grids import to_tensor, unit
 
     ckpt = load_checkpoint(run / "last.pt")
     models = models_from_checkpoint(ckpt)

@@ -29,8 +29,8 @@ from offline_train.synth.base import (
 )
 from offline_train.synth.gan.checkpoint import load_checkpoint, models_from_checkpoint
 from offline_train.synth.gan.data import pad_to, to_rgb
+from offline_train.synth.gan.grids import to_tensor, to_uint8, unit
 from offline_train.synth.gan.nets import paste
-from offline_train.synth.gan.train import to_tensor, to_uint8, unit
 
 log = logging.getLogger(__name__)
 

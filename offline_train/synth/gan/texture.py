@@ -134,8 +134,13 @@ class Vgg16Extractor(nn.Module):
         if not isinstance(state, dict):
             raise ConfigError(f"--vgg16-weights {path} holds a {type(state).__name__}, not a state dict")
         last = max(layers)
-        vgg = torchvision.models.vgg16(weights=None)
-        features = vgg.features[: last + 1]
+        try:  # only the convolutional part: the classifier's 120 M parameters are never used
+            from torchvision.models.vgg import cfgs, make_layers
+
+            all_features = make_layers(cfgs["D"], batch_norm=False)
+        except ImportError:
+            all_features = torchvision.models.vgg16(weights=None).features
+        features = all_features[: last + 1]
         wanted = {f"features.{k}": v for k, v in features.state_dict().items()}
         missing = [k for k in wanted if k not in state]
         if missing:

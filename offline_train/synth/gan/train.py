@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
@@ -39,8 +38,9 @@ from offline_train.synth.gan.checkpoint import (
     save_checkpoint,
 )
 from offline_train.synth.gan.data import GanData
+from offline_train.synth.gan.grids import sample_grid, to_tensor, unit, write_png
 from offline_train.synth.gan.losses import d_loss, g_loss, gamma_at, gradient_penalty
-from offline_train.synth.gan.nets import IMAGE_CHANNELS, dilate_mask, fuse, paste
+from offline_train.synth.gan.nets import IMAGE_CHANNELS, fuse, paste
 from runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,23 +50,7 @@ STRUCTURAL = ("classes", "patch_px", "z_dim", "base_channels", "max_channels", "
 STAGE1_SHARE = 0.6  # of a --minutes budget, when both stages train
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """N x H x W x 3 uint8 -> N x 3 x H x W float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """N x C x H x W in [-1, 1] -> N x H x W x C uint8 (rounded, clipped)."""
-    arr = ((x.detach().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return arr.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def unit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1] (what the texture encoder takes)."""
-    return x * 0.5 + 0.5
-
-
-def _bar(total: int, desc: str) -> Any:
+def _bar(total: int | None, desc: str) -> Any:
     """A tqdm bar on a terminal; None otherwise (plain lines are logged instead)."""
     if not sys.stderr.isatty():
         return None
@@ -322,47 +306,11 @@ class GanTrainer:
 
     # -- sample grids --------------------------------------------------------------------------
 
-    def sample_grid(self, stage: str, columns: int = 8) -> np.ndarray:
-        """An RGB grid: stage 1 rows real / real mask / fake / fake mask; stage 2 rows clean
-        fabric / G1 pasted / fused (T) / hard mask. Fixed seeds, so grids compare across steps."""
-        m = self.models
-        gen = np.random.default_rng(12345)
-        idx = self.data.sample(gen, columns)
-        torch_gen = torch.Generator().manual_seed(12345)
-        z = torch.randn(columns, self.cfg.z_dim, generator=torch_gen)
-        with torch.no_grad():
-            if stage == "1":
-                cls = torch.from_numpy(self.data.labels[idx])
-                f_img, f_logit = m.g1(z, cls, self.codes[idx])
-                real_mask = torch.from_numpy(self.data.masks[idx]).float()[:, None] * 2 - 1
-                rows = [to_tensor(self.data.images[idx]), real_mask.expand(-1, 3, -1, -1),
-                        f_img, (torch.sigmoid(f_logit) * 2 - 1).expand(-1, 3, -1, -1)]  # fmt: skip
-            else:
-                background = to_tensor(self.data.clean_patches(gen, columns))
-                cls = torch.from_numpy(gen.integers(len(self.cfg.classes), size=columns))
-                f_img, f_logit = m.g1(z, cls, m.encoder(unit(background)))
-                soft = torch.sigmoid(f_logit)
-                pasted = paste(f_img, soft, background)
-                fused, _ = fuse(m.t, pasted, soft, background)
-                hard = dilate_mask((soft > 0.5).float(), 0) * 2 - 1
-                rows = [background, pasted, fused, hard.expand(-1, 3, -1, -1)]
-        p = self.cfg.patch_px
-        scale = max(1, 128 // p)
-        gap = 2
-        grid = np.full((len(rows) * (p * scale + gap), columns * (p * scale + gap), 3), 255, np.uint8)
-        for r, row in enumerate(rows):
-            for c, tile in enumerate(to_uint8(row)):
-                big = np.kron(tile, np.ones((scale, scale, 1), np.uint8))
-                y, x = r * (p * scale + gap), c * (p * scale + gap)
-                grid[y : y + p * scale, x : x + p * scale] = big
-        return grid
-
     def write_grid(self, stage: str) -> Path:
         folder = self.out / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"stage{stage}_{self.steps[stage]:06d}.png"
-        if not cv2.imwrite(str(path), cv2.cvtColor(self.sample_grid(stage), cv2.COLOR_RGB2BGR)):
-            raise OSError(f"cannot write {path}")
+        write_png(path, sample_grid(self.models, self.data, self.codes, stage))
         shutil.copyfile(path, self.out / f"samples_stage{stage}.png")
         return path
 
@@ -378,8 +326,7 @@ class GanTrainer:
         if stage == "2" and self.steps["1"] == 0:
             log.warning("stage 2 with an untrained stage 1 generator: the fused defects will be noise")
         step_fn = self.stage1_step if stage == "1" else self.stage2_step
-        total = steps if steps is not None else 0
-        bar = _bar(total, f"GAN stage {stage}") if steps is not None else None
+        bar = _bar(steps, f"GAN stage {stage}")
         start = last_ckpt = last_line = time.monotonic()
         deadline = start + minutes * 60.0 if minutes is not None else math.inf
         done = 0
