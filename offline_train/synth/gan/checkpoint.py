@@ -38,7 +38,7 @@ class GanConfig:
     z_dim: int = 64
     base_channels: int = 16
     max_channels: int = 128
-    fusion_width: int = 32
+    fusion_width: int = 16
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
     loss: str = "rpgan"  # "rpgan" (R3GAN) or "bce" (classic non-saturating)
     gamma_start: float = 1.0

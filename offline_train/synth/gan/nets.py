@@ -163,7 +163,7 @@ class FusionNet(nn.Module):
     """Stage 2 T: (pasted patch in [-1, 1], mask channel in [-1, 1]) -> fused patch; a small U-Net
     whose output is `input + residual` (the residual head starts at zero: T starts as the identity)."""
 
-    def __init__(self, *, width: int = 32) -> None:
+    def __init__(self, *, width: int = 16) -> None:
         super().__init__()
         self.stem = nn.Conv2d(IMAGE_CHANNELS + 1, width, 3, padding=1)
         self.enc = ResBlock(width)

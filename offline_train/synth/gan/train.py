@@ -328,6 +328,7 @@ class GanTrainer:
         step_fn = self.stage1_step if stage == "1" else self.stage2_step
         bar = _bar(steps, f"GAN stage {stage}")
         start = last_ckpt = last_line = time.monotonic()
+        cpu_start = time.process_time()
         deadline = start + minutes * 60.0 if minutes is not None else math.inf
         done = 0
         self._counted = 0.0
@@ -347,19 +348,22 @@ class GanTrainer:
                               + " ".join(f"{k}={v:.3f}" for k, v in losses.items()))  # fmt: skip
                 last_line = now
             if now - last_ckpt >= self.checkpoint_every_s:
-                self._checkpoint(stage, done, now - start)
+                self._checkpoint(stage, done, now - start, time.process_time() - cpu_start)
                 last_ckpt = now
         if bar is not None:
             bar.close()
         elapsed = time.monotonic() - start
-        self._checkpoint(stage, done, elapsed)
+        self._checkpoint(stage, done, elapsed, time.process_time() - cpu_start)
         return {"stage": stage, "steps": done, "seconds": round(elapsed, 2), "losses": losses}
 
-    def _checkpoint(self, stage: str, done: int, elapsed: float) -> None:
+    def _checkpoint(self, stage: str, done: int, elapsed: float, cpu_s: float) -> None:
+        """Grid + checkpoint; `rates` gets steps per wall-clock second and CPU seconds per step (all
+        threads of this process: on a shared machine the honest figure of what a step costs)."""
         self.wall_s += elapsed - self._counted
         self._counted = elapsed
         if done and elapsed > 0:
             self.rates[f"stage{stage}"] = round(done / elapsed, 3)
+            self.rates[f"stage{stage}_cpu_s_per_step"] = round(cpu_s / done, 3)
         self.write_grid(stage)
         self.save()
         if done:
