@@ -30,7 +30,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--minutes",
         type=float,
         default=None,
-        help="training time in all (stage 1 gets 60 %% with --stage both)",
+        help="training time in all, data loading not counted (stage 1 gets 60 %% with --stage both)",
     )
     budget.add_argument(
         "--steps", type=int, default=None, help="steps per stage (default 500 when no --minutes)"
