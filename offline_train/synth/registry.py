@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,3 +33,11 @@ def default_synthesizers(
     if library is not None and len(library) > 0:
         synths.append(CutPasteSynthesizer(library))
     return synths
+
+
+def gan_synthesizer_from(checkpoint_path: Path, **kwargs: Any) -> Synthesizer:
+    """The learned synthesizer ("gan") from a `loomsight gan train` checkpoint (a `last.pt` file or
+    the folder holding it); keyword arguments go to `GanSynthesizer`. Not part of the default set."""
+    from offline_train.synth.gan.synthesizer import GanSynthesizer
+
+    return GanSynthesizer(checkpoint_path, **kwargs)
