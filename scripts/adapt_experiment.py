@@ -1,7 +1,7 @@
 """The adaptation experiment: does `loomsight adapt` help on fabrics nobody trained on?
 
     python scripts/adapt_experiment.py run [--fabrics 1,2,3,4,5] [--arms b,c,e] [--seeds 0] [--minutes 4]
-    python scripts/adapt_experiment.py report            # docs/adaptation_experiment.{md,json,png}
+    python scripts/adapt_experiment.py report    # work/adapt_exp/tables.md, docs/adaptation_{experiment.json,chart.png,samples.png}
 
 For each held-out fabric `random:SEED` (seeds reserved by runtime.sim.novel_fabrics): render 10 m
 of its clean web (the only thing adaptation sees, as 4096-line strips), then per arm adapt the
@@ -186,7 +186,7 @@ def _label_integrity_and_samples(fabrics: list[int]) -> tuple[dict[str, int], Pa
     grid = np.vstack(rows)
     cv2.imwrite(
         str(path),
-        cv2.resize(grid, (grid.shape[1] * 3 // 4, grid.shape[0] * 3 // 4), interpolation=cv2.INTER_AREA),
+        cv2.resize(grid, (grid.shape[1] * 3 // 8, grid.shape[0] * 3 // 8), interpolation=cv2.INTER_AREA),
     )
     return outside, path
 
@@ -311,7 +311,7 @@ def cmd_report(args: argparse.Namespace) -> int:
            "realism_classifier_accuracy": realism,
            "eval": {"rolls_per_fabric": EVAL_ROLLS, "length_m": EVAL_LENGTH_M, "first_seed": "960001 + 1000 * fabric"},
            "machine": f"CPU, {os.cpu_count()} cores, no GPU"}  # fmt: skip
-    (ROOT / "docs" / "adaptation_experiment_tables.md").write_text(
+    (WORK / "tables.md").write_text(  # pasted into docs/adaptation_experiment.md with the reading of it
         _markdown(results, table, outside, realism)
     )
     (ROOT / "docs" / "adaptation_experiment.json").write_text(json.dumps(doc, indent=2))
