@@ -265,7 +265,7 @@ def train_dense(opts: DenseOptions) -> DenseResult:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if not tty and (i + 1) % max(1, steps_per_epoch // 10) == 0:
-                print(f"epoch {epoch + 1}/{opts.epochs} step {i + 1}/{steps_per_epoch} loss {float(loss):.3f} "
+                print(f"epoch {epoch + 1}/{opts.epochs} step {i + 1}/{steps_per_epoch} loss {float(loss.detach()):.3f} "
                       f"({elapsed_s / 3600:.2f} h)", file=sys.stderr, flush=True)  # fmt: skip
             if time.monotonic() - last_ckpt >= opts.checkpoint_every_s:
                 _save(last, state(epoch, step_in_epoch))
