@@ -272,9 +272,11 @@ def _markdown(results: list[dict[str, Any]], table: dict[str, dict[str, list[flo
         t = table[a]
         lines.append(f"| {a} | {len(t['agnostic_recall'])} | {cell(t['agnostic_recall'])} | "
                      f"{cell(t['agnostic_precision'])} | {cell(t['aware_recall'])} | {cell(t['false_alarms_per_m2'])} |")  # fmt: skip
-    by = {(r["fabric"], r["arm"]): r["eval"] for r in results}
+    by = {(r["fabric"], r["arm"], r["seed"]): r["eval"] for r in results}
     for hi, lo in (("e", "a"), ("d", "b"), ("t", "a")):
-        pairs = [(fab, by[(fab, hi)], by[(fab, lo)]) for fab, arm in by if arm == hi and (fab, lo) in by]
+        pairs = [(f"{fab} seed {seed}", by[(fab, hi, seed)], by[(fab, lo, lo_seed)])
+                 for fab, arm, seed in by if arm == hi
+                 for lo_seed in ([0] if lo in ("a", "t") else [seed]) if (fab, lo, lo_seed) in by]  # fmt: skip
         if pairs:
             lines += [
                 "",
