@@ -32,6 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from deploy.thresholds import box_iou
 from offline_train.dataset.labels import boxes_from_mask
 from offline_train.dataset.webs import LabelledWeb
 from runtime.preprocess import resample_to_model, to_gray
@@ -75,10 +76,8 @@ class HeldOut:
     )
 
 
-def held_out_tiles(
-    webs: Sequence[LabelledWeb], *, mm_per_px: float, tile_px: int, color: str
-) -> tuple[np.ndarray, float]:
-    """Non-overlapping full tiles of `webs` at the model's resolution, and the m^2 they cover."""
+def held_out_tiles(webs: Sequence[LabelledWeb], *, mm_per_px: float, tile_px: int, color: str) -> np.ndarray:
+    """Non-overlapping full tiles of `webs` at the model's resolution (for the synthetic defects)."""
     tiles: list[np.ndarray] = []
     for web in webs:
         px = to_gray(web.pixels) if color == "gray" else cv2.cvtColor(_bgr(web.pixels), cv2.COLOR_BGR2RGB)
@@ -86,9 +85,8 @@ def held_out_tiles(
         for y in range(0, small.shape[0] - tile_px + 1, tile_px):
             for x in range(0, small.shape[1] - tile_px + 1, tile_px):
                 tiles.append(small[y : y + tile_px, x : x + tile_px])
-    area = len(tiles) * (tile_px * mm_per_px) ** 2 / 1e6
     shape = (0, tile_px, tile_px) if color == "gray" else (0, tile_px, tile_px, 3)
-    return (np.stack(tiles) if tiles else np.zeros(shape, np.uint8)), area
+    return np.stack(tiles) if tiles else np.zeros(shape, np.uint8)
 
 
 def _bgr(pixels: np.ndarray) -> np.ndarray:
@@ -130,25 +128,17 @@ def clean_event_scores(
 ) -> dict[str, list[float]]:
     """Scores of the defect events the daemon reports on `webs` (strips of one web joined into one
     roll, other images each a roll of their own), every class at `EVENT_FLOOR`."""
-    from runtime.config import parse_config
     from runtime.daemon.app import Daemon
     from runtime.detect.bundle import load_bundle, open_detector
-    from runtime.inspect.images import EventCollector, ImageSource
+    from runtime.inspect.images import EventCollector, ImageSource, image_run_config
 
     classes = load_bundle(bundle).manifest.classes
     out: dict[str, list[float]] = {c: [] for c in classes}
     detector = None
     for i, web in enumerate(rolls_of(webs)):
-        config = parse_config(
-            {
-                "line_id": "adapt-check",
-                "source": {"kind": "synthetic", "synthetic": {"realtime": False}},  # replaced by the image
-                "model": {"bundle": str(bundle), "batch_size": batch, "retry_load_s": 0,
-                          "thresholds": {c: EVENT_FLOOR for c in classes}},
-                "calibration": {"mm_per_px_x": web.mm_per_px, "mm_per_line": web.mm_per_line},
-                "publish": {"replay_endpoint": None},
-            }
-        )  # fmt: skip
+        config = image_run_config(bundle, mm_per_px=web.mm_per_px, mm_per_line=web.mm_per_line,
+                                  thresholds=dict.fromkeys(classes, EVENT_FLOOR), batch_size=batch,
+                                  line_id="adapt-check")  # fmt: skip
         if detector is None:
             detector = open_detector(config.model)
         collector = EventCollector()
@@ -217,15 +207,6 @@ def choose_thresholds(
         t[worst] = next(g for g in GRID if g > t[worst] + 1e-9)
 
 
-def _iou(a: np.ndarray, b: tuple[int, int, int, int]) -> np.ndarray:
-    x0, y0 = np.maximum(a[:, 0], b[0]), np.maximum(a[:, 1], b[1])
-    x1, y1 = np.minimum(a[:, 2], b[2]), np.minimum(a[:, 3], b[3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[2] - b[0]) * (b[3] - b[1])
-    return np.asarray(inter / np.maximum(area_a + area_b - inter, 1e-9))
-
-
 def synthetic_recall(
     held: HeldOut, scores: Scores, classes: Sequence[str], thresholds: dict[str, float]
 ) -> dict[str, Any]:
@@ -239,7 +220,9 @@ def synthetic_recall(
         for name, b in boxes:
             row = per.setdefault(name, [0, 0, 0])
             row[0] += 1
-            hit = (_iou(xyxy, b) >= 0.1) | ((cx >= b[0]) & (cx <= b[2]) & (cy >= b[1]) & (cy <= b[3]))
+            hit = (box_iou(xyxy, np.asarray([b]))[:, 0] >= 0.1) | (
+                (cx >= b[0]) & (cx <= b[2]) & (cy >= b[1]) & (cy <= b[3])
+            )
             row[1] += int(hit.any())
             row[2] += int((hit & (cid == classes.index(name))).any()) if name in classes else 0
     n = sum(r[0] for r in per.values())

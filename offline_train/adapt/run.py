@@ -115,9 +115,7 @@ def adapt(opts: AdaptOptions) -> AdaptResult:
          f"held back {split.how}")  # fmt: skip
     classes = list(manifest.classes)
     tile_px, color = manifest.tile.size_px, manifest.input.color
-    clean, _tiles_m2 = check.held_out_tiles(
-        split.val, mm_per_px=manifest.mm_per_px, tile_px=tile_px, color=color
-    )
+    clean = check.held_out_tiles(split.val, mm_per_px=manifest.mm_per_px, tile_px=tile_px, color=color)
     area = split.val_area_m2
     if len(clean) == 0:
         raise ConfigError(f"the held-back images are smaller than one {tile_px} px tile at the model's resolution; "

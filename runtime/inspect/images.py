@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime.config import parse_config
+from runtime.config import LoomsightConfig, parse_config
 from runtime.errors import ConfigError
 from runtime.frame import Frame
 from runtime.sources.base import SourceStatus
@@ -142,6 +142,24 @@ def draw_overlay(pixels: np.ndarray, defects: list[dict[str, Any]]) -> np.ndarra
     return img
 
 
+def image_run_config(
+    bundle: Path, *, mm_per_px: float, mm_per_line: float, thresholds: dict[str, float] | None = None,
+    batch_size: int = 8, line_id: str = "inspect",
+) -> LoomsightConfig:  # fmt: skip
+    """The daemon config for running images through the daemon path in process: the bundle, the
+    images' scale, no replay server; the source is replaced by an `ImageSource` per image."""
+    return parse_config(
+        {
+            "line_id": line_id,
+            "source": {"kind": "synthetic", "synthetic": {"realtime": False}},  # replaced by each image
+            "model": {"bundle": str(bundle), "batch_size": batch_size, "retry_load_s": 0,
+                      "thresholds": thresholds or {}},
+            "calibration": {"mm_per_px_x": mm_per_px, "mm_per_line": mm_per_line},
+            "publish": {"replay_endpoint": None},
+        }
+    )  # fmt: skip
+
+
 def inspect_images(
     paths: list[Path], *, bundle: Path, out: Path, mm_per_px: float, mm_per_line: float | None = None,
     thresholds: dict[str, float] | None = None, batch_size: int = 8,
@@ -154,16 +172,8 @@ def inspect_images(
     if mm_per_px <= 0 or (mm_per_line is not None and mm_per_line <= 0):
         raise ConfigError(f"--mm-per-px {mm_per_px} / --mm-per-line {mm_per_line} must be > 0")
     along = mm_per_line or mm_per_px
-    config = parse_config(
-        {
-            "line_id": "inspect",
-            "source": {"kind": "synthetic", "synthetic": {"realtime": False}},  # replaced by each image
-            "model": {"bundle": str(bundle), "batch_size": batch_size, "retry_load_s": 0,
-                      "thresholds": thresholds or {}},
-            "calibration": {"mm_per_px_x": mm_per_px, "mm_per_line": along},
-            "publish": {"replay_endpoint": None},
-        }
-    )  # fmt: skip
+    config = image_run_config(bundle, mm_per_px=mm_per_px, mm_per_line=along, thresholds=thresholds,
+                              batch_size=batch_size)  # fmt: skip
     detector = open_detector(config.model)
     model_mm = detector.manifest.mm_per_px
     for name, mm in (("--mm-per-px", mm_per_px), ("--mm-per-line", along)):
